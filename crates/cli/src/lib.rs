@@ -1,0 +1,126 @@
+//! Glue shared by the `anyboot-*` binaries (and only by them: libraries never
+//! install a subscriber or read signals).
+//!
+//! Every binary flattens [`CommonArgs`] into its clap parser, calls
+//! [`CommonArgs::init_logging`], loads the site file with
+//! [`CommonArgs::load_site`] and runs its server until [`shutdown_signal`].
+
+use std::path::PathBuf;
+
+use anyboot_config::Site;
+use clap::Args;
+
+/// Flags every daemon binary has.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Site configuration file (TOML). The daemon reads the shared inventory and
+    /// its own section; command-line flags override the file.
+    #[arg(short, long, value_name = "FILE", env = "ANYBOOT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration (file and flags), print the result and exit:
+    /// 0 if valid, 1 with a message naming the file, the key and the problem.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less log output (-q: warnings and errors only, -qq: errors only).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+impl CommonArgs {
+    /// Installs the global `tracing` subscriber: human-readable lines on stderr,
+    /// level from -v/-q unless RUST_LOG is set.
+    pub fn init_logging(&self) {
+        let level = match (self.verbose, self.quiet) {
+            (0, 0) => "info",
+            (1, _) => "debug",
+            (v, _) if v >= 2 => "trace",
+            (_, 1) => "warn",
+            _ => "error",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .init();
+    }
+
+    /// Loads the site file if one was given.
+    pub fn load_site(&self) -> Result<Option<Site>, anyboot_config::ConfigError> {
+        self.config.as_deref().map(Site::load).transpose()
+    }
+}
+
+/// Ends a `--check-config` run: prints the verdict and exits 0 or 1.
+pub fn finish_check(result: Result<String, impl std::fmt::Display>) -> ! {
+    match result {
+        Ok(summary) => {
+            println!("configuration OK: {summary}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = which, "shutting down");
+}
+
+/// Parses `NAME=PATH[,ro]` (`--export`, `--lun`, `--target` flags).
+pub fn parse_image_flag(s: &str) -> Result<(String, PathBuf, bool), String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected NAME=PATH[,ro]"))?;
+    if name.is_empty() {
+        return Err(format!("`{s}`: the name before `=` is empty"));
+    }
+    let (path, ro) = match rest.rsplit_once(',') {
+        Some((p, "ro")) => (p, true),
+        Some((p, "rw")) => (p, false),
+        Some((_, opt)) => return Err(format!("`{s}`: unknown option `{opt}` (only `ro` or `rw`)")),
+        None => (rest, false),
+    };
+    if path.is_empty() {
+        return Err(format!("`{s}`: the path after `=` is empty"));
+    }
+    Ok((name.to_owned(), PathBuf::from(path), ro))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_flag_forms() {
+        assert_eq!(
+            parse_image_flag("disk=/a/b.raw").unwrap(),
+            ("disk".into(), "/a/b.raw".into(), false)
+        );
+        assert_eq!(
+            parse_image_flag("0=/a/b.raw,ro").unwrap(),
+            ("0".into(), "/a/b.raw".into(), true)
+        );
+        assert!(parse_image_flag("=/x").is_err());
+        assert!(parse_image_flag("x=").is_err());
+        assert!(parse_image_flag("x=/y,rx").is_err());
+        assert!(parse_image_flag("nothing").is_err());
+    }
+}

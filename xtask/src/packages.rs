@@ -1,0 +1,123 @@
+//! The Debian packages that tests and benchmarks need, and installing them.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+/// (package, a command it provides, why we need it)
+pub type Requirement = (&'static str, &'static str, &'static str);
+
+/// Everything the test suite and the benchmarks run against.
+pub const TEST: &[Requirement] = &[
+    (
+        "iproute2",
+        "ip",
+        "network namespaces and veth pairs for e2e tests",
+    ),
+    ("qemu-utils", "qemu-img", "NBD client: qemu-img/qemu-io"),
+    ("libnbd-bin", "nbdinfo", "NBD clients: nbdinfo, nbdcopy"),
+    ("nbdkit", "nbdkit", "NBD peer server (benchmarks)"),
+    ("nbd-server", "nbd-server", "NBD peer server (benchmarks)"),
+    ("fio", "fio", "NBD load and verify (nbd engine)"),
+    (
+        "gnutls-bin",
+        "certtool",
+        "test certificates for NBD over TLS",
+    ),
+    ("tftp-hpa", "tftp", "TFTP client"),
+    ("atftp", "atftp", "TFTP client"),
+    ("curl", "curl", "TFTP and HTTP client"),
+    ("busybox-static", "busybox", "busybox tftp and udhcpc"),
+    ("tftpd-hpa", "in.tftpd", "TFTP peer server (benchmarks)"),
+    (
+        "dnsmasq",
+        "dnsmasq",
+        "TFTP and DHCP peer server (benchmarks)",
+    ),
+    ("isc-dhcp-client", "dhclient", "DHCP client"),
+    ("udhcpc", "udhcpc", "DHCP client"),
+    ("kea-admin", "perfdhcp", "DHCP load generator"),
+    (
+        "kea-dhcp4-server",
+        "kea-dhcp4",
+        "DHCP peer server (benchmarks)",
+    ),
+    ("tshark", "tshark", "dissector checks of our packets"),
+    (
+        "libiscsi-bin",
+        "iscsi-test-cu",
+        "iSCSI clients and conformance suite",
+    ),
+    ("tgt", "tgtd", "iSCSI peer target (benchmarks)"),
+    ("vblade", "vblade", "AoE reference target"),
+    (
+        "qemu-system-x86",
+        "qemu-system-x86_64",
+        "network-boot lab VMs",
+    ),
+    ("ipxe-qemu", "", "iPXE ROMs for the lab VMs"),
+    ("qemu-block-extra", "", "qemu iscsi:// block driver"),
+];
+
+fn has_command(cmd: &str) -> bool {
+    [
+        "/usr/bin",
+        "/usr/sbin",
+        "/bin",
+        "/sbin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ]
+    .iter()
+    .any(|d| std::path::Path::new(d).join(cmd).exists())
+}
+
+fn has_package(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Checks every requirement; installs the missing ones with apt-get when allowed
+/// and running as root, else fails naming them.
+pub fn ensure(reqs: &[Requirement], install: bool) -> Result<()> {
+    let missing: Vec<&Requirement> = reqs
+        .iter()
+        .filter(|(pkg, cmd, _)| {
+            if cmd.is_empty() {
+                !has_package(pkg)
+            } else {
+                !has_command(cmd)
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: all {} test packages are present", reqs.len());
+        return Ok(());
+    }
+    for (pkg, _, why) in &missing {
+        eprintln!("xtask: missing Debian package {pkg:<18} ({why})");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !install || !root {
+        bail!(
+            "{} Debian package(s) missing; install them with: sudo apt-get install {}",
+            missing.len(),
+            missing.iter().map(|r| r.0).collect::<Vec<_>>().join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: installing {} package(s) with apt-get",
+        missing.len()
+    );
+    crate::run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    crate::run_cmd(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|r| r.0)),
+    )
+}
