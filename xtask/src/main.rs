@@ -41,6 +41,9 @@ enum Cmd {
         /// Build and run release binaries (faster I/O).
         #[arg(long)]
         release: bool,
+        /// Use the binaries already built instead of running `cargo build` first.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Run the whole test suite. As root, missing Debian packages the tests need
     /// are installed first (and named); otherwise missing ones are an error.
@@ -64,7 +67,8 @@ fn main() -> Result<()> {
             daemons,
             config,
             release,
-        } => up::run(daemons, config, release),
+            no_build,
+        } => up::run(daemons, config, release, !no_build),
         Cmd::Test { no_install } => test(no_install),
         Cmd::E2e => e2e(),
         Cmd::Bench { names } => bench::run(names),

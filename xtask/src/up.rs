@@ -28,7 +28,7 @@ const DAEMONS: &[(&str, &str, HasSection)] = &[
 /// How long daemons get to finish after SIGTERM before they are killed.
 const GRACE: Duration = Duration::from_secs(5);
 
-pub fn run(names: Vec<String>, config: Option<PathBuf>, release: bool) -> Result<()> {
+pub fn run(names: Vec<String>, config: Option<PathBuf>, release: bool, build: bool) -> Result<()> {
     let is_demo = config.is_none();
     let site_path = match config {
         Some(p) => p,
@@ -64,18 +64,21 @@ pub fn run(names: Vec<String>, config: Option<PathBuf>, release: bool) -> Result
         );
     }
 
-    let mut build = cargo();
-    build.arg("build");
+    let mut cmd = cargo();
+    cmd.arg("build");
     if release {
-        build.arg("--release");
+        cmd.arg("--release");
     }
     for (_, pkg) in &chosen {
-        build.args(["-p", pkg]);
+        cmd.args(["-p", pkg]);
     }
-    run_cmd(&mut build)?;
-    let bin_dir = workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" });
+    if build {
+        run_cmd(&mut cmd)?;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let bin_dir = target.join(if release { "release" } else { "debug" });
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
