@@ -77,10 +77,22 @@ type Work = fn(&dyn BlockDevice, &mut [u8], &[u64]) -> u64;
 
 fn workloads() -> [(&'static str, Throughput, Work); 4] {
     [
-        ("seq_read_1MiB", Throughput::Bytes(SIZE), |d, b, _| seq_read(d, b)),
-        ("seq_write_1MiB", Throughput::Bytes(SIZE), |d, b, _| seq_write(d, b)),
-        ("rand_read_4KiB", Throughput::Elements(RND_OPS as u64), rnd_read),
-        ("rand_write_4KiB", Throughput::Elements(RND_OPS as u64), rnd_write),
+        ("seq_read_1MiB", Throughput::Bytes(SIZE), |d, b, _| {
+            seq_read(d, b)
+        }),
+        ("seq_write_1MiB", Throughput::Bytes(SIZE), |d, b, _| {
+            seq_write(d, b)
+        }),
+        (
+            "rand_read_4KiB",
+            Throughput::Elements(RND_OPS as u64),
+            rnd_read,
+        ),
+        (
+            "rand_write_4KiB",
+            Throughput::Elements(RND_OPS as u64),
+            rnd_write,
+        ),
     ]
 }
 

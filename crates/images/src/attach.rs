@@ -254,7 +254,10 @@ fn remove_stale_throwaways(dir: &Path) {
         let alive = pid == me
             || unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-        if !alive && !crate::lock::in_use(&e.path()).unwrap_or(true) {
+        let held = crate::lock::users(&e.path())
+            .map(|u| u.any())
+            .unwrap_or(true);
+        if !alive && !held {
             tracing::info!(overlay = %e.path().display(), "removing stale throwaway overlay");
             let _ = std::fs::remove_file(e.path());
         }

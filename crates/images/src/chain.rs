@@ -135,8 +135,8 @@ pub struct ChainEntry {
     pub cluster_size: Option<u64>,
     /// Bytes the file occupies on disk.
     pub disk_usage: u64,
-    /// Whether some process holds a lock on it (open by a server or tool).
-    pub in_use: bool,
+    /// Who has it open (servers, tools, overlays using it as base).
+    pub users: crate::lock::Users,
 }
 
 /// Describes the chain starting at `path` without opening it as a device.
@@ -167,7 +167,7 @@ pub fn describe(path: &Path) -> Result<Vec<ChainEntry>> {
             frozen: is_frozen(&p)?,
             cluster_size,
             disk_usage: meta.blocks() * 512,
-            in_use: crate::lock::in_use(&p)?,
+            users: crate::lock::users(&p)?,
         });
         cur = header.and_then(|h| h.resolved_base(&p));
     }

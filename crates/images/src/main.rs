@@ -268,7 +268,10 @@ fn info(image: &Path) -> Result<()> {
             e.size,
             e.disk_usage,
             if e.frozen { ", frozen" } else { "" },
-            if e.in_use { ", in use" } else { "" },
+            match (e.users.writers, e.users.readers) {
+                (0, 0) => String::new(),
+                (w, r) => format!(", open by {w} writer(s) and {r} reader(s)"),
+            },
             indent = depth * 2
         );
     }

@@ -122,6 +122,16 @@ fn lifecycle_through_the_cli() {
         let _open = Overlay::open(&d.join("clone.ovl"), false).unwrap();
         let e = fails(d, &["delete", "clone.ovl"]);
         assert!(e.contains("in use"), "{e}");
+        let info = ok(d, &["info", "clone.ovl"]);
+        assert!(
+            info.contains("open by 1 writer(s) and 0 reader(s)"),
+            "{info}"
+        );
+        // Its base is held (shared) by the open overlay's chain.
+        assert!(
+            info.contains("open by 0 writer(s) and 1 reader(s)"),
+            "{info}"
+        );
     }
     ok(d, &["delete", "clone.ovl"]);
     assert!(!d.join("clone.ovl").exists());
