@@ -103,8 +103,7 @@ impl Attachment {
                     THROWAWAY_SEQ.fetch_add(1, Ordering::Relaxed)
                 );
                 let path = spec.overlay_dir.join(name);
-                let mut ov = Overlay::create(&path, Some(&image), CreateOptions::default())?;
-                ov.set_volatile();
+                let ov = Overlay::create_volatile(&path, Some(&image), CreateOptions::default())?;
                 tracing::debug!(client, overlay = %path.display(), "throwaway overlay attached");
                 Ok(Self {
                     device: Arc::new(ov),

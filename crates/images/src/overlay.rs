@@ -46,6 +46,10 @@ use crate::{chain, Error, Result};
 /// threads a target runs, so unrelated clusters rarely share one.
 pub const ALLOC_SHARDS: usize = 64;
 
+/// `block_status` stops after this many extents (callers ask again from where
+/// the answer ends), so one query cannot build an unbounded list.
+pub const MAX_EXTENTS: usize = 4096;
+
 /// Options for a new overlay.
 #[derive(Debug, Clone, Copy)]
 pub struct CreateOptions {
@@ -108,6 +112,22 @@ impl Overlay {
     /// The base path is stored relative when both files share a directory, so
     /// a directory of images can be moved as a whole.
     pub fn create(path: &Path, base: Option<&Path>, opts: CreateOptions) -> Result<Self> {
+        Self::create_with(path, base, opts, true)
+    }
+
+    /// Like [`Overlay::create`], but nothing about it is ever synced: for
+    /// throwaway overlays, which no crash needs to preserve ([`Overlay::flush`]
+    /// is then a no-op).
+    pub fn create_volatile(path: &Path, base: Option<&Path>, opts: CreateOptions) -> Result<Self> {
+        Self::create_with(path, base, opts, false)
+    }
+
+    fn create_with(
+        path: &Path,
+        base: Option<&Path>,
+        opts: CreateOptions,
+        durable: bool,
+    ) -> Result<Self> {
         let base_dev = base.map(|b| chain::open_image(b, true)).transpose()?;
         let stored = base.map(|b| stored_base_path(path, b)).transpose()?;
         let size = resolve_size(&base_dev, opts)?;
@@ -119,8 +139,11 @@ impl Overlay {
             .open(path)?;
         lock(&file, LockKind::Exclusive, path)?;
         let init = init_file(&file, &header).and_then(|()| {
-            file.sync_all()?;
-            sync_parent(path)
+            if durable {
+                file.sync_all()?;
+                sync_parent(path)?;
+            }
+            Ok(())
         });
         if let Err(e) = init {
             let _ = std::fs::remove_file(path);
@@ -161,7 +184,7 @@ impl Overlay {
     pub(crate) fn open_depth(path: &Path, read_only: bool, depth: usize) -> Result<Self> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         let header = read_header(&file, path)?;
-        if !read_only && header.frozen() {
+        if !read_only && (header.frozen() || chain::mode_is_frozen(path)?) {
             return Err(Error::ReadOnly);
         }
         let kind = if read_only {
@@ -552,7 +575,7 @@ impl BlockDevice for Overlay {
         check_range(offset, len, self.header.size)?;
         let end = offset + len;
         let mut out: Vec<Extent> = Vec::new();
-        let mut push = |len: u64, state: Allocation| {
+        fn push(out: &mut Vec<Extent>, len: u64, state: Allocation) {
             if len == 0 {
                 return;
             }
@@ -560,15 +583,18 @@ impl BlockDevice for Overlay {
                 Some(e) if e.state == state => e.len += len,
                 _ => out.push(Extent { len, state }),
             }
-        };
+        }
         let mut off = offset;
         while off < end {
+            if out.len() >= MAX_EXTENTS {
+                break;
+            }
             let ci = off >> self.bits;
             let state = self.state(ci);
             let run_end = self.run_end(ci, state, end);
             match ClusterState::from_byte(state) {
-                Some(ClusterState::Data) => push(run_end - off, Allocation::Data),
-                Some(ClusterState::Zero) => push(run_end - off, Allocation::Zero),
+                Some(ClusterState::Data) => push(&mut out, run_end - off, Allocation::Data),
+                Some(ClusterState::Zero) => push(&mut out, run_end - off, Allocation::Zero),
                 _ => {
                     let bsize = self.base.as_ref().map(|b| b.size()).unwrap_or(0);
                     let mut pos = off;
@@ -580,11 +606,11 @@ impl BlockDevice for Overlay {
                             break;
                         }
                         for e in exts {
-                            push(e.len, e.state);
+                            push(&mut out, e.len, e.state);
                             pos += e.len;
                         }
                     }
-                    push(run_end - pos, Allocation::Hole);
+                    push(&mut out, run_end - pos, Allocation::Hole);
                 }
             }
             off = run_end;
@@ -755,6 +781,37 @@ mod tests {
             }
         );
         assert_eq!(st[2].state, Allocation::Data);
+    }
+
+    #[test]
+    fn block_status_is_bounded_and_resumable() {
+        let n = (MAX_EXTENTS as u64) * 2 + 10;
+        let opts = CreateOptions {
+            size: Some(n * 512),
+            cluster_bits: 9,
+        };
+        let ov = Overlay::memory(None, opts).unwrap();
+        for c in (0..n).step_by(2) {
+            ov.write_at(&[1; 512], c * 512, false).unwrap();
+        }
+        let mut off = 0;
+        let mut calls = 0;
+        while off < n * 512 {
+            let st = ov.block_status(off, n * 512 - off).unwrap();
+            assert!(!st.is_empty() && st.len() <= MAX_EXTENTS);
+            for e in &st {
+                let expect = if (off / 512) % 2 == 0 {
+                    Allocation::Data
+                } else {
+                    Allocation::Hole
+                };
+                assert_eq!((e.len, e.state), (512, expect));
+                off += e.len;
+            }
+            calls += 1;
+        }
+        assert_eq!(off, n * 512);
+        assert_eq!(calls, 3);
     }
 
     #[test]

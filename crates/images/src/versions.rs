@@ -54,12 +54,12 @@ impl VersionedImage {
     }
 
     /// Creates a versioned image in the new directory `dir` whose first version
-    /// is a sparse copy of the raw image `from`.
+    /// is a sparse raw copy of the content of `from` (raw, or an overlay chain).
     pub fn init(dir: &Path, from: &Path) -> Result<Self> {
         std::fs::create_dir(dir)?;
         let v = version_name(1);
         let path = dir.join(&v);
-        crate::lifecycle::import_raw(from, &path)?;
+        crate::lifecycle::flatten(from, &path)?;
         chain::freeze(&path)?;
         let me = Self {
             dir: dir.to_owned(),
