@@ -843,16 +843,27 @@ mod tests {
 
     #[test]
     fn concurrent_writers_to_one_cluster_keep_both_writes() {
-        let base = base_with(0x33, 1 << 20);
-        let ov = Arc::new(Overlay::memory(Some(base), CreateOptions::default()).unwrap());
-        let threads: Vec<_> = (0..8u8)
+        // Every thread writes its own 512-byte slot of the same fresh clusters,
+        // in the same order, starting together: they race to allocate each
+        // cluster. Without the allocation lock, a second copy-up from the base
+        // would overwrite the first writer's slot.
+        const THREADS: usize = 4;
+        const CLUSTERS: u64 = 2048;
+        let opts = CreateOptions {
+            size: None,
+            cluster_bits: 12,
+        };
+        let base = base_with(0x33, CLUSTERS << 12);
+        let ov = Arc::new(Overlay::memory(Some(base), opts).unwrap());
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+        let threads: Vec<_> = (0..THREADS)
             .map(|t| {
-                let ov = ov.clone();
+                let (ov, barrier) = (ov.clone(), barrier.clone());
                 std::thread::spawn(move || {
-                    for round in 0..16u64 {
-                        // Each thread owns 512-byte slots in every cluster.
-                        let off = round * 65536 + t as u64 * 512;
-                        ov.write_at(&[t + 1; 512], off, false).unwrap();
+                    barrier.wait();
+                    for c in 0..CLUSTERS {
+                        let off = (c << 12) + t as u64 * 512;
+                        ov.write_at(&[t as u8 + 1; 512], off, false).unwrap();
                     }
                 })
             })
@@ -860,15 +871,17 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let mut buf = vec![0u8; 65536];
-        for round in 0..16u64 {
-            ov.read_at(&mut buf, round * 65536).unwrap();
-            for t in 0..8usize {
-                assert!(buf[t * 512..(t + 1) * 512]
-                    .iter()
-                    .all(|&b| b == t as u8 + 1));
+        let mut buf = vec![0u8; 4096];
+        for c in 0..CLUSTERS {
+            ov.read_at(&mut buf, c << 12).unwrap();
+            for t in 0..THREADS {
+                let slot = &buf[t * 512..(t + 1) * 512];
+                assert!(
+                    slot.iter().all(|&b| b == t as u8 + 1),
+                    "cluster {c} slot {t}"
+                );
             }
-            assert!(buf[8 * 512..].iter().all(|&b| b == 0x33));
+            assert!(buf[THREADS * 512..].iter().all(|&b| b == 0x33));
         }
     }
 }
