@@ -67,7 +67,9 @@ impl Attachment {
     /// Attaches `client` (a stable key such as a MAC or IQN) according to `spec`.
     ///
     /// - Shared: the image itself (raw or overlay; writable unless
-    ///   `read_only`; a writable overlay is exclusive, [`Error::Locked`]).
+    ///   `read_only`; a writable overlay is exclusive, [`Error::Locked`]; a
+    ///   writable raw image can be shared, but can then not be frozen as a
+    ///   base until the last writer is gone, [`Error::Locked`]).
     /// - Throwaway: a fresh overlay `overlay_dir/<key>.<pid>.<n>.throwaway`
     ///   on the image, never synced, deleted when the attachment is dropped.
     /// - Persistent: `overlay_dir/<key>.overlay`, created on first use and
@@ -81,9 +83,19 @@ impl Attachment {
         match spec.mode {
             DiskMode::Shared => {
                 let device: Arc<dyn BlockDevice> = match chain::kind(&image)? {
-                    // No lock: several connections of one export may share a
-                    // writable raw image, as a plain disk would be shared.
-                    ImageKind::Raw => Arc::new(RawFile::open(&image, spec.read_only)?),
+                    ImageKind::Raw => {
+                        let raw = RawFile::open(&image, spec.read_only)?;
+                        // Writers take a *shared* lock: several connections of
+                        // one export may share a writable raw image, as a disk
+                        // would be shared, while freezing it (to put an overlay
+                        // on it) or snapshotting it needs the exclusive lock and
+                        // is refused meanwhile. Read-only opens take none, so
+                        // they never keep an image from being frozen.
+                        if !spec.read_only {
+                            crate::lock::lock(raw.file(), crate::lock::LockKind::Shared, &image)?;
+                        }
+                        Arc::new(raw)
+                    }
                     ImageKind::Overlay => Arc::new(Overlay::open(&image, spec.read_only)?),
                 };
                 Ok(Self {

@@ -83,6 +83,31 @@ fn throwaway_overlays_are_private_and_deleted_on_drop() {
 }
 
 #[test]
+fn a_base_being_written_in_shared_mode_cannot_get_overlays() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_base(dir.path(), 0x11);
+    let ovd = dir.path().join("overlays");
+    let shared = spec(&base, DiskMode::Shared, &ovd);
+    let w1 = Attachment::open(&shared, "a").unwrap();
+    let w2 = Attachment::open(&shared, "b").unwrap();
+    let ro = Attachment::open(
+        &DiskSpec {
+            read_only: true,
+            ..shared.clone()
+        },
+        "c",
+    )
+    .unwrap();
+    let thr = spec(&base, DiskMode::Throwaway, &ovd);
+    assert!(matches!(Attachment::open(&thr, "h"), Err(Error::Locked(_))));
+    drop((w1, w2));
+    // Read-only users do not keep the base from being frozen.
+    let t = Attachment::open(&thr, "h").unwrap();
+    assert_eq!(byte_at(t.device().as_ref(), 0), 0x11);
+    assert_eq!(byte_at(ro.device().as_ref(), 0), 0x11);
+}
+
+#[test]
 fn stale_throwaways_of_dead_servers_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let base = make_base(dir.path(), 0x11);
