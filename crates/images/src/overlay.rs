@@ -132,22 +132,34 @@ impl Overlay {
         let stored = base.map(|b| stored_base_path(path, b)).transpose()?;
         let size = resolve_size(&base_dev, opts)?;
         let header = Header::new(size, opts.cluster_bits, stored);
+        // Build the file under a temporary name and link it into place, so
+        // nobody ever opens a half-written overlay at `path`, and exactly one
+        // of two racing creators wins (link fails with AlreadyExists).
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = path.with_file_name(format!(
+            ".{}.new-{}-{}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(path)?;
-        lock(&file, LockKind::Exclusive, path)?;
-        let init = init_file(&file, &header).and_then(|()| {
+            .open(&tmp)?;
+        let init = (|| -> Result<()> {
+            lock(&file, LockKind::Exclusive, path)?;
+            init_file(&file, &header)?;
             if durable {
                 file.sync_all()?;
-                sync_parent(path)?;
             }
+            std::fs::hard_link(&tmp, path)?;
             Ok(())
-        });
-        if let Err(e) = init {
-            let _ = std::fs::remove_file(path);
-            return Err(e);
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        init?;
+        if durable {
+            sync_parent(path)?;
         }
         Ok(Self::from_parts(
             file,
@@ -155,7 +167,7 @@ impl Overlay {
             base_dev,
             header,
             false,
-            true,
+            durable,
         ))
     }
 
@@ -250,6 +262,11 @@ impl Overlay {
     /// Makes `flush` a no-op (throwaway overlays: nothing must survive).
     pub fn set_volatile(&mut self) {
         self.durable = false;
+    }
+
+    /// Whether `flush` makes writes durable (false for volatile overlays).
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 
     /// The decoded header.
@@ -781,6 +798,31 @@ mod tests {
             }
         );
         assert_eq!(st[2].state, Allocation::Data);
+    }
+
+    #[test]
+    fn created_overlays_appear_whole_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.ovl");
+        let opts = CreateOptions {
+            size: Some(1 << 20),
+            ..Default::default()
+        };
+        let ov = Overlay::create(&p, None, opts).unwrap();
+        assert!(ov.is_durable());
+        // A second creator loses cleanly; no temporary files are left.
+        let again = Overlay::create(&p, None, opts);
+        assert!(
+            matches!(again, Err(Error::Io(ref e)) if e.kind() == std::io::ErrorKind::AlreadyExists)
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // The winner holds the lock under the final name.
+        assert!(matches!(Overlay::open(&p, true), Err(Error::Locked(_))));
+        drop(ov);
+        let v = Overlay::create_volatile(&dir.path().join("v.ovl"), None, opts).unwrap();
+        assert!(!v.is_durable());
+        v.write_at(&[1; 512], 0, false).unwrap();
+        v.flush().unwrap();
     }
 
     #[test]
