@@ -8,9 +8,10 @@
 //! Bases of throwaway and persistent overlays are frozen on first use
 //! (`chain::freeze`), so nothing can modify what the overlays depend on.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use sha2::{Digest, Sha256};
 
@@ -63,6 +64,9 @@ const PERSISTENT_EXT: &str = "overlay";
 
 static THROWAWAY_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Persistent overlays open in this process, by path.
+static PERSISTENT: Mutex<BTreeMap<PathBuf, Weak<dyn BlockDevice>>> = Mutex::new(BTreeMap::new());
+
 impl Attachment {
     /// Attaches `client` (a stable key such as a MAC or IQN) according to `spec`.
     ///
@@ -73,8 +77,9 @@ impl Attachment {
     /// - Throwaway: a fresh overlay `overlay_dir/<key>.<pid>.<n>.throwaway`
     ///   on the image, never synced, deleted when the attachment is dropped.
     /// - Persistent: `overlay_dir/<key>.overlay`, created on first use and
-    ///   reused afterwards (on the base it was created on); one writer at a time
-    ///   ([`Error::Locked`] for a second one, in this or another process).
+    ///   reused afterwards (on the base it was created on). Attachments of one
+    ///   key in one process share one device; another process that has it
+    ///   open makes this fail with [`Error::Locked`].
     ///
     /// `client` comes from the network: it is only used through
     /// [`sanitize_key`], so it can never name a file outside `overlay_dir`.
@@ -126,6 +131,23 @@ impl Attachment {
             DiskMode::Persistent => {
                 std::fs::create_dir_all(&spec.overlay_dir)?;
                 let path = persistent_path(&spec.overlay_dir, client);
+                // One device per persistent overlay and process: a second
+                // attachment of the same key (a rebooted client whose old
+                // connection is not torn down yet, or another target in the
+                // same process) shares it, which is safe because one
+                // `Overlay` serialises its own allocations. Another process
+                // gets `Locked` from the file lock.
+                let mut open = PERSISTENT.lock().unwrap_or_else(|p| p.into_inner());
+                open.retain(|_, w| w.strong_count() > 0);
+                if let Some(dev) = open.get(&path).and_then(Weak::upgrade) {
+                    check_persistent_base(&path, &spec.image, &image)?;
+                    tracing::debug!(client, overlay = %path.display(), "persistent overlay shared");
+                    return Ok(Self {
+                        device: dev,
+                        throwaway: None,
+                        overlay: Some(path),
+                    });
+                }
                 let ov = match Overlay::open(&path, false) {
                     Ok(ov) => {
                         check_persistent_base(&path, &spec.image, &image)?;
@@ -144,9 +166,11 @@ impl Attachment {
                     }
                     Err(e) => return Err(e),
                 };
+                let dev: Arc<dyn BlockDevice> = Arc::new(ov);
+                open.insert(path.clone(), Arc::downgrade(&dev));
                 tracing::debug!(client, overlay = %path.display(), "persistent overlay attached");
                 Ok(Self {
-                    device: Arc::new(ov),
+                    device: dev,
                     throwaway: None,
                     overlay: Some(path),
                 })

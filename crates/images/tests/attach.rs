@@ -134,8 +134,19 @@ fn persistent_overlays_persist_and_are_exclusive() {
     assert_eq!(a.overlay_path(), Some(persistent_path(&ovd, key).as_path()));
     a.device().write_at(&[0x33; 512], 4096, false).unwrap();
     a.device().flush().unwrap();
-    // A second server (or connection) cannot open it for writing meanwhile.
-    assert!(matches!(Attachment::open(&s, key), Err(Error::Locked(_))));
+    // A second attachment in this process (a reconnect while the old
+    // connection lingers) shares the device; a second *process* is refused
+    // below.
+    let again = Attachment::open(&s, key).unwrap();
+    assert!(std::sync::Arc::ptr_eq(a.device(), again.device()));
+    again.device().write_at(&[0x34; 512], 8192, false).unwrap();
+    assert_eq!(byte_at(a.device().as_ref(), 8192), 0x34);
+    drop(again);
+    // A second, independent open of the file (what another server would do).
+    assert!(matches!(
+        anyboot_images::overlay::Overlay::open(&persistent_path(&ovd, key), false),
+        Err(Error::Locked(_))
+    ));
     // Another host has its own overlay.
     let b = Attachment::open(&s, "iqn.2025-01.org.example:host2").unwrap();
     assert_eq!(byte_at(b.device().as_ref(), 4096), 0x11);
