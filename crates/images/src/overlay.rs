@@ -659,6 +659,11 @@ fn resolve_size(base: &Option<Arc<dyn BlockDevice>>, opts: CreateOptions) -> Res
             "an overlay cannot be smaller than its base",
         ));
     }
+    if size.div_ceil(1 << opts.cluster_bits) > crate::format::MAX_CLUSTERS {
+        return Err(Error::Unsupported(
+            "too many clusters for this size: use a larger cluster size",
+        ));
+    }
     Ok(size)
 }
 
