@@ -38,6 +38,15 @@ fn devices() -> Vec<(&'static str, Arc<dyn BlockDevice>)> {
     vec![("raw", Arc::new(raw)), ("overlay", Arc::new(ov))]
 }
 
+fn devs_base() -> Arc<dyn BlockDevice> {
+    let base = RawFile::memory(SIZE).unwrap();
+    let fill = vec![0x5au8; SEQ];
+    for off in (0..SIZE).step_by(SEQ) {
+        base.write_at(&fill, off, false).unwrap();
+    }
+    Arc::new(base)
+}
+
 fn offsets() -> Vec<u64> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     (0..RND_OPS)
@@ -115,6 +124,20 @@ fn main() {
         }
         g.finish();
     }
+    // First touch: 4 KiB random writes into a fresh overlay, each one copying
+    // up its 64 KiB cluster from the base (the cost a client pays once per
+    // cluster after boot). Compare with rand_write_4KiB above.
+    let base = devs_base();
+    let mut g = c.benchmark_group("first_touch_write_4KiB");
+    g.throughput(Throughput::Elements(RND_OPS as u64));
+    g.bench_function("overlay_unallocated", |b| {
+        b.iter_batched(
+            || Overlay::memory(Some(base.clone()), CreateOptions::default()).unwrap(),
+            |ov| rnd_write(&ov, &mut buf, &offs),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
     c.final_summary();
 
     // Ratio summary: 31 rounds, each timing one pass on raw and one on the
