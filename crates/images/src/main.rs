@@ -84,16 +84,23 @@ enum Cmd {
     /// Versioned images: a directory of frozen versions and a `current` link.
     #[command(subcommand)]
     Version(VersionCmd),
-    /// Test helper for the crash test: applies seeded random writes, trims and
-    /// zeroings to IMAGE, flushing after each, and reports each on stdout
-    /// (`B i kind offset len pattern` before, `F i` once flushed).
+    /// Test helper for the crash tests. With one thread: applies seeded
+    /// random writes, trims and zeroings to IMAGE, flushing after each, and
+    /// reports each on stdout (`B i kind offset len pattern` before, `F i` once
+    /// flushed). With several: each thread writes 4 KiB slots it owns (slot
+    /// `k` belongs to thread `k % threads`, so threads share clusters) while
+    /// another thread flushes; lines `B thread seq slot pattern` (before),
+    /// `D thread seq` (done), `S n` / `E n` (flush n started / ended).
     #[command(hide = true)]
     StressWriter {
         image: PathBuf,
         #[arg(long)]
         seed: u64,
+        /// Steps (per thread).
         #[arg(long)]
         count: u64,
+        #[arg(long, default_value_t = 1)]
+        threads: u64,
     },
 }
 
@@ -223,7 +230,18 @@ fn run(cmd: Cmd) -> Result<()> {
             }
         },
         Cmd::Version(v) => version(v)?,
-        Cmd::StressWriter { image, seed, count } => stress_writer(&image, seed, count)?,
+        Cmd::StressWriter {
+            image,
+            seed,
+            count,
+            threads: 1,
+        } => stress_writer(&image, seed, count)?,
+        Cmd::StressWriter {
+            image,
+            seed,
+            count,
+            threads,
+        } => stress_threads(&image, seed, count, threads)?,
     }
     Ok(())
 }
@@ -369,6 +387,67 @@ fn stress_writer(image: &Path, seed: u64, count: u64) -> Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// Slot size of the threaded stress writer.
+const SLOT: u64 = 4096;
+
+fn stress_threads(image: &Path, seed: u64, count: u64, threads: u64) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dev = chain::open_image(image, false)?;
+    let slots = dev.size() / SLOT;
+    if threads == 0 || slots < threads {
+        bail!("need 1..={slots} threads");
+    }
+    // Every line is written and flushed under the stdout lock, so the order of
+    // lines is the order of the events they report.
+    let say = |line: String| -> Result<()> {
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "{line}")?;
+        o.flush()?;
+        Ok(())
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| -> Result<()> {
+        let flusher = {
+            let (dev, done) = (dev.clone(), done.clone());
+            s.spawn(move || -> Result<()> {
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    say(format!("S {n}"))?;
+                    dev.flush()?;
+                    say(format!("E {n}"))?;
+                    n += 1;
+                }
+                Ok(())
+            })
+        };
+        let writers: Vec<_> = (0..threads)
+            .map(|t| {
+                let dev = dev.clone();
+                s.spawn(move || -> Result<()> {
+                    let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9e37_79b9));
+                    for seq in 0..count {
+                        let slot = rng.below(slots / threads) * threads + t;
+                        let pat = rng.next() >> 8;
+                        let off = slot * SLOT;
+                        let buf: Vec<u8> = (off..off + SLOT).map(|p| stress_byte(pat, p)).collect();
+                        say(format!("B {t} {seq} {slot} {pat}"))?;
+                        dev.write_at(&buf, off, false)?;
+                        say(format!("D {t} {seq}"))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut r = Ok(());
+        for w in writers {
+            r = r.and(w.join().expect("writer thread"));
+        }
+        done.store(true, Ordering::Relaxed);
+        r.and(flusher.join().expect("flusher thread"))
+    })
 }
 
 #[cfg(test)]
