@@ -194,9 +194,14 @@ impl Overlay {
     }
 
     pub(crate) fn open_depth(path: &Path, read_only: bool, depth: usize) -> Result<Self> {
+        // Checked before opening: without root, opening a chmod-ed snapshot
+        // for writing would fail with a less telling EACCES.
+        if !read_only && chain::mode_is_frozen(path)? {
+            return Err(Error::ReadOnly);
+        }
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         let header = read_header(&file, path)?;
-        if !read_only && (header.frozen() || chain::mode_is_frozen(path)?) {
+        if !read_only && header.frozen() {
             return Err(Error::ReadOnly);
         }
         let kind = if read_only {
