@@ -57,6 +57,11 @@ pub const TEST: &[Requirement] = &[
     ),
     ("ipxe-qemu", "", "iPXE ROMs for the lab VMs"),
     ("qemu-block-extra", "", "qemu iscsi:// block driver"),
+    (
+        "strace",
+        "strace",
+        "images: syscall order of overlay flushes",
+    ),
 ];
 
 fn has_command(cmd: &str) -> bool {

@@ -21,7 +21,14 @@ pub struct RawFile {
 
 impl RawFile {
     /// Opens an existing image; its size is the file's size.
+    ///
+    /// A writable open of a frozen image (no write permission bits: the base of
+    /// an overlay or snapshot, see `chain::freeze`) is refused with
+    /// [`Error::ReadOnly`], also for root, who would otherwise be let through.
     pub fn open(path: &Path, read_only: bool) -> Result<Self> {
+        if !read_only && crate::chain::mode_is_frozen(path)? {
+            return Err(Error::ReadOnly);
+        }
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         let size = file.metadata()?.len();
         Ok(Self {
