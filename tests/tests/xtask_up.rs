@@ -28,7 +28,10 @@ fn up_starts_two_daemons_and_sigterm_stops_both() {
     let root = dir.path().join("tftp");
     std::fs::create_dir(&root).unwrap();
     let image = dir.path().join("disk.raw");
-    std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let nbd_port = free_tcp_port();
     let tftp_port = free_udp_port();
     let site = dir.path().join("site.toml");
@@ -44,28 +47,57 @@ fn up_starts_two_daemons_and_sigterm_stops_both() {
 
     let mut up = Daemon::spawn(
         "xtask up",
-        Command::new(bin("xtask")).args(["up", "tftpd", "nbd", "--no-build", "--config"]).arg(&site),
+        Command::new(bin("xtask"))
+            .args(["up", "tftpd", "nbd", "--no-build", "--config"])
+            .arg(&site),
         &dir.path().join("up.log"),
     );
-    wait_for_tcp(SocketAddr::from(([127, 0, 0, 1], nbd_port)), Duration::from_secs(20));
+    wait_for_tcp(
+        SocketAddr::from(([127, 0, 0, 1], nbd_port)),
+        Duration::from_secs(20),
+    );
     let start = Instant::now();
     while child_pids(&up.log()).len() < 2 {
-        assert!(start.elapsed() < Duration::from_secs(10), "xtask did not start two daemons:\n{}", up.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "xtask did not start two daemons:\n{}",
+            up.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let pids = child_pids(&up.log());
-    assert!(pids.iter().all(|&p| process_alive(p)), "a daemon is not running:\n{}", up.log());
+    assert!(
+        pids.iter().all(|&p| process_alive(p)),
+        "a daemon is not running:\n{}",
+        up.log()
+    );
 
     let t = Instant::now();
-    let status = up.stop_with(libc::SIGTERM, Duration::from_secs(10)).expect("xtask up did not exit");
+    let status = up
+        .stop_with(libc::SIGTERM, Duration::from_secs(10))
+        .expect("xtask up did not exit");
     let took = t.elapsed();
-    assert!(status.success(), "xtask up exited with {status}:\n{}", up.log());
-    assert!(took < Duration::from_secs(3), "stopping took {took:?}:\n{}", up.log());
+    assert!(
+        status.success(),
+        "xtask up exited with {status}:\n{}",
+        up.log()
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "stopping took {took:?}:\n{}",
+        up.log()
+    );
     for p in pids {
-        assert!(!process_alive(p), "daemon pid {p} survived xtask up's shutdown");
+        assert!(
+            !process_alive(p),
+            "daemon pid {p} survived xtask up's shutdown"
+        );
     }
     let log = up.log();
-    assert!(log.contains("[tftpd]") || log.contains("tftpd exited"), "no tftpd output:\n{log}");
+    assert!(
+        log.contains("[tftpd]") || log.contains("tftpd exited"),
+        "no tftpd output:\n{log}"
+    );
     assert!(log.contains("all daemons stopped"), "{log}");
 }
 
@@ -80,7 +112,18 @@ fn up_fails_when_a_daemon_dies() {
         format!("[nbd]\nlisten = [\"127.0.0.1:{port}\"]\n\n[[nbd.export]]\nname = \"x\"\npath = \"missing.raw\"\n"),
     )
     .unwrap();
-    let out = anyboot_tests::run(Command::new(bin("xtask")).args(["up", "--no-build", "--config"]).arg(&site));
-    assert!(!out.status.success(), "xtask up should fail when its daemon dies");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exited"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = anyboot_tests::run(
+        Command::new(bin("xtask"))
+            .args(["up", "--no-build", "--config"])
+            .arg(&site),
+    );
+    assert!(
+        !out.status.success(),
+        "xtask up should fail when its daemon dies"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exited"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
