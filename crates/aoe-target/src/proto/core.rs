@@ -37,14 +37,16 @@ pub struct TargetInfo {
     pub serial: String,
     /// IDENTIFY model (ASCII, at most 40 characters).
     pub model: String,
+    /// Buffer Count reported by Query Config: storage requests this target
+    /// keeps in flight; ATA data commands beyond it are dropped (the
+    /// initiator retransmits), as AoE r11 section 3.2 describes.
+    pub buffer_count: u16,
 }
 
-/// Core settings shared by all targets.
+/// Core settings.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub targets: Vec<TargetInfo>,
-    /// Buffer Count reported by Query Config: requests we keep in flight.
-    pub buffer_count: u16,
 }
 
 /// A network interface the core answers on.
@@ -178,6 +180,7 @@ struct Target {
     config: Vec<u8>,
     masks: Vec<Mac>,
     reserve: Vec<Mac>,
+    inflight: u16,
 }
 
 /// The AoE target core.
@@ -185,7 +188,6 @@ struct Target {
 pub struct Core {
     targets: Vec<Target>,
     ifaces: Vec<Iface>,
-    buffer_count: u16,
     out: VecDeque<Output>,
 }
 
@@ -214,13 +216,13 @@ impl Core {
                 config: info.config_string.clone(),
                 masks: info.allowed_macs.clone(),
                 reserve: Vec::new(),
+                inflight: 0,
                 info,
             })
             .collect();
         Self {
             targets,
             ifaces,
-            buffer_count: config.buffer_count,
             out: VecDeque::new(),
         }
     }
@@ -228,6 +230,28 @@ impl Core {
     /// Next thing for the driver to do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// The driver finished an [`IoRequest`] of target `t`: its buffer is free.
+    pub fn io_done(&mut self, t: usize) {
+        if let Some(x) = self.targets.get_mut(t) {
+            x.inflight = x.inflight.saturating_sub(1);
+        }
+    }
+
+    /// Storage requests of target `t` not yet reported done.
+    pub fn inflight(&self, t: usize) -> u16 {
+        self.targets[t].inflight
+    }
+
+    fn push_io(&mut self, io: IoRequest) {
+        let t = &mut self.targets[io.target];
+        if t.inflight >= t.info.buffer_count {
+            debug!(tag = io.aoe.tag, "all buffers busy: dropping (the initiator retransmits)");
+            return;
+        }
+        t.inflight += 1;
+        self.out.push_back(Output::Io(io));
     }
 
     /// Current MAC mask list of target `t` (for logs and tests).
@@ -456,13 +480,12 @@ impl Core {
                         self.error(req, t, ErrorCode::BadArgument);
                         return;
                     }
-                    self.out.push_back(Output::Io(io(IoOp::Write {
+                    self.push_io(io(IoOp::Write {
                         offset,
                         data: data_at..data_at + len,
-                    })));
+                    }));
                 } else {
-                    self.out
-                        .push_back(Output::Io(io(IoOp::Read { offset, len })));
+                    self.push_io(io(IoOp::Read { offset, len }));
                 }
             }
             Opcode::IdentifyDevice => {
@@ -484,7 +507,7 @@ impl Core {
                 self.ata_status(req, t, a, status::DRDY, 0, &block);
             }
             Opcode::FlushCache | Opcode::FlushCacheExt => {
-                self.out.push_back(Output::Io(io(IoOp::Flush)));
+                self.push_io(io(IoOp::Flush));
             }
             Opcode::CheckPowerMode => {
                 let mut r = a;
@@ -555,7 +578,7 @@ impl Core {
         }
         let config = target.config.clone();
         let r = ConfigRepr {
-            buffer_count: self.buffer_count,
+            buffer_count: self.targets[t].info.buffer_count,
             firmware: FIRMWARE_VERSION,
             sector_count: max_sectors_for_mtu(ifc.mtu),
             aoe_version: aoe::VERSION,

@@ -26,15 +26,13 @@ fn target(shelf: u16, slot: u8) -> TargetInfo {
         allowed_macs: Vec::new(),
         serial: format!("AB{shelf}.{slot}"),
         model: "anyboot test disk".into(),
+        buffer_count: 16,
     }
 }
 
 fn core_with(targets: Vec<TargetInfo>) -> Core {
     Core::new(
-        CoreConfig {
-            targets,
-            buffer_count: 16,
-        },
+        CoreConfig { targets },
         vec![
             Iface {
                 mac: TARGET_MAC,
@@ -146,6 +144,7 @@ fn drain(core: &mut Core, disk: &mut [u8], request: &[u8]) -> Vec<Vec<u8>> {
                     IoOp::Flush => Ok(()),
                 };
                 let n = io.complete(r, &mut buf);
+                core.io_done(io.target);
                 buf.truncate(n);
                 sent.push(buf);
             }
@@ -310,6 +309,27 @@ fn storage_failures_become_ata_errors() {
     let a = ata_reply(&parse(&buf[..n]));
     assert_eq!((a.cmd_status, a.err_feature), (status::DRDY | status::ERR, error_bits::UNC));
     assert_eq!(n, 60);
+}
+
+#[test]
+fn requests_beyond_the_buffer_count_are_dropped_until_one_completes() {
+    let mut c = core();
+    let read = request(A, None, 1, 1, 0, 1, &ata_arg(0x24, 0, 1, true, &[]));
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        c.handle(0, &read);
+        while let Some(o) = c.poll_output() {
+            match o {
+                Output::Io(io) => pending.push(io),
+                Output::Transmit(_) => panic!("no direct reply expected"),
+            }
+        }
+    }
+    assert_eq!(pending.len(), 16);
+    assert_eq!(c.inflight(0), 16);
+    c.io_done(0);
+    c.handle(0, &read);
+    assert!(matches!(c.poll_output(), Some(Output::Io(_))));
 }
 
 #[test]

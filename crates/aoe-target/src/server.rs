@@ -1,0 +1,370 @@
+//! The driver: one receive thread per interface feeds frames to the sans-IO
+//! core; storage requests go to a pool of I/O threads that read or write
+//! straight into the request's buffer, build the reply in place and send it.
+//! Buffers are recycled, so the data path allocates nothing per frame.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyboot_images::{Attachment, BlockDevice, DiskMode};
+use anyboot_wire::aoe::Mac;
+use tracing::{debug, info, info_span, warn};
+
+use crate::config::{Config, TargetConfig};
+use crate::proto::{Core, CoreConfig, Iface, IoFailure, IoOp, IoRequest, Output, TargetInfo};
+use crate::rawsock::{Listen, RawSocket, SocketError};
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("target {shelf}.{slot} ({path}): {source}")]
+    Disk {
+        shelf: u16,
+        slot: u8,
+        path: String,
+        source: anyboot_images::Error,
+    },
+    #[error("invalid configuration: {key}: {problem}")]
+    Config { key: String, problem: String },
+    #[error("I/O thread failed: {0}")]
+    Thread(String),
+}
+
+/// The devices of one target: the shared image, or one attachment per client.
+#[derive(Debug)]
+struct Devices {
+    cfg: TargetConfig,
+    shared: Option<Arc<dyn BlockDevice>>,
+    clients: Mutex<HashMap<Mac, Attachment>>,
+    max_clients: usize,
+}
+
+impl Devices {
+    fn device(&self, client: Mac) -> Result<Arc<dyn BlockDevice>, IoFailure> {
+        if let Some(d) = &self.shared {
+            return Ok(d.clone());
+        }
+        let mut map = self.clients.lock().expect("client map poisoned");
+        if let Some(a) = map.get(&client) {
+            return Ok(a.device().clone());
+        }
+        if map.len() >= self.max_clients {
+            warn!(shelf = self.cfg.shelf, slot = self.cfg.slot, "too many clients with overlays");
+            return Err(IoFailure::Media);
+        }
+        let key = mac_key(&client);
+        match Attachment::open(&self.cfg.disk, &key) {
+            Ok(a) => {
+                info!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, "attached client");
+                let d = a.device().clone();
+                map.insert(client, a);
+                Ok(d)
+            }
+            Err(e) => {
+                warn!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, error = %e, "cannot attach client");
+                Err(IoFailure::Media)
+            }
+        }
+    }
+
+    fn flush_all(&self) {
+        let flush = |d: &Arc<dyn BlockDevice>| {
+            if let Err(e) = d.flush() {
+                warn!(shelf = self.cfg.shelf, slot = self.cfg.slot, error = %e, "flush at shutdown failed");
+            }
+        };
+        if let Some(d) = &self.shared {
+            flush(d);
+        }
+        for a in self.clients.lock().expect("client map poisoned").values() {
+            flush(a.device());
+        }
+    }
+}
+
+/// The key a per-client overlay is stored under: the client's MAC.
+fn mac_key(m: &Mac) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+fn map_err(e: anyboot_images::Error) -> IoFailure {
+    match e {
+        anyboot_images::Error::OutOfRange { .. } => IoFailure::OutOfRange,
+        anyboot_images::Error::ReadOnly => IoFailure::ReadOnly,
+        _ => IoFailure::Media,
+    }
+}
+
+/// A storage job: the request and the buffer holding its frame at `off`.
+struct Job {
+    io: IoRequest,
+    buf: Vec<u8>,
+    off: usize,
+}
+
+/// State shared by the receive and I/O threads.
+#[derive(Debug)]
+struct Shared {
+    core: Mutex<Core>,
+    sockets: Vec<RawSocket>,
+    devices: Vec<Devices>,
+    pool: Mutex<Vec<Vec<u8>>>,
+    buf_len: usize,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn get_buf(&self) -> Vec<u8> {
+        self.pool
+            .lock()
+            .expect("pool poisoned")
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.buf_len])
+    }
+
+    fn put_buf(&self, b: Vec<u8>) {
+        self.pool.lock().expect("pool poisoned").push(b);
+    }
+
+    fn perform(&self, io: &IoRequest, frame: &mut [u8]) -> Result<(), IoFailure> {
+        let dev = self.devices[io.target].device(io.client)?;
+        match &io.op {
+            IoOp::Read { offset, .. } => dev.read_at(&mut frame[io.data_range()], *offset),
+            IoOp::Write { offset, data } => dev.write_at(&frame[data.clone()], *offset, false),
+            IoOp::Flush => dev.flush(),
+        }
+        .map_err(|e| {
+            debug!(error = %e, "storage error");
+            map_err(e)
+        })
+    }
+}
+
+/// A bound AoE target, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    io_threads: usize,
+}
+
+impl Server {
+    /// Opens the raw sockets and the disks.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        config
+            .validate()
+            .map_err(|(key, problem)| Error::Config { key, problem })?;
+        let mut sockets = Vec::new();
+        for name in &config.interfaces {
+            let s = RawSocket::open(name, Listen::AllVlans)?;
+            info!(interface = %s.name, mac = %mac_key(&s.mac), mtu = s.mtu, "listening for AoE");
+            sockets.push(s);
+        }
+        let mut devices = Vec::new();
+        let mut infos = Vec::new();
+        for t in &config.targets {
+            let disk_err = |source| Error::Disk {
+                shelf: t.shelf,
+                slot: t.slot,
+                path: t.disk.image.display().to_string(),
+                source,
+            };
+            let (shared, size) = if t.disk.mode == DiskMode::Shared {
+                let a = Attachment::open(&t.disk, "shared").map_err(disk_err)?;
+                let d = a.device().clone();
+                let size = d.size();
+                (Some(d), size)
+            } else {
+                // Overlays have the base image's size; they are opened per
+                // client on first use.
+                let size = std::fs::metadata(&t.disk.image)
+                    .map_err(|e| disk_err(anyboot_images::Error::Io(e)))?
+                    .len();
+                (None, size)
+            };
+            let read_only = t.disk.read_only || shared.as_ref().is_some_and(|d| d.is_read_only());
+            info!(shelf = t.shelf, slot = t.slot, image = %t.disk.image.display(), size, read_only, mode = ?t.disk.mode, "target");
+            infos.push(TargetInfo {
+                shelf: t.shelf,
+                slot: t.slot,
+                sectors: size / 512,
+                read_only,
+                config_string: t.config_string.clone().into_bytes(),
+                allowed_macs: t.allowed_macs.clone(),
+                serial: format!("anyboot-{}.{}", t.shelf, t.slot),
+                model: "anyboot AoE target".into(),
+                buffer_count: t.buffer_count,
+            });
+            devices.push(Devices {
+                cfg: t.clone(),
+                shared,
+                clients: Mutex::new(HashMap::new()),
+                max_clients: config.max_clients,
+            });
+        }
+        let ifaces = sockets
+            .iter()
+            .map(|s| Iface { mac: s.mac, mtu: s.mtu })
+            .collect();
+        let buf_len = sockets.iter().map(|s| s.mtu).max().unwrap_or(1500) + 64;
+        let core = Core::new(CoreConfig { targets: infos }, ifaces);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                core: Mutex::new(core),
+                sockets,
+                devices,
+                pool: Mutex::new(Vec::new()),
+                buf_len,
+                stop: AtomicBool::new(false),
+            }),
+            io_threads: config.io_threads,
+        })
+    }
+
+    /// The interfaces served: name, MAC and MTU.
+    pub fn interfaces(&self) -> Vec<(String, Mac, usize)> {
+        self.shared
+            .sockets
+            .iter()
+            .map(|s| (s.name.clone(), s.mac, s.mtu))
+            .collect()
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight I/O, flushes
+    /// the disks and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut workers = Vec::new();
+        for i in 0..self.io_threads {
+            let shared = self.shared.clone();
+            let rx = rx.clone();
+            workers.push(spawn(format!("aoe-io-{i}"), move || io_thread(&shared, &rx))?);
+        }
+        let mut receivers = Vec::new();
+        for i in 0..self.shared.sockets.len() {
+            let shared = self.shared.clone();
+            let tx = tx.clone();
+            receivers.push(spawn(format!("aoe-rx-{i}"), move || rx_thread(&shared, i, &tx))?);
+        }
+        drop(tx);
+        shutdown.await;
+        info!("stopping: finishing in-flight requests");
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut failed = None;
+            // Receivers notice the flag within their poll timeout; once they
+            // are gone the job channel closes and the I/O threads drain it.
+            for h in receivers.into_iter().chain(workers) {
+                if let Err(e) = h.join() {
+                    failed = Some(format!("{e:?}"));
+                }
+            }
+            for d in &shared.devices {
+                d.flush_all();
+            }
+            match failed {
+                Some(e) => Err(Error::Thread(e)),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| Error::Thread(e.to_string()))?
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| Error::Thread(e.to_string()))
+}
+
+fn rx_thread(shared: &Shared, iface: usize, jobs: &mpsc::Sender<Job>) {
+    let sock = &shared.sockets[iface];
+    let _span = info_span!("aoe", interface = %sock.name).entered();
+    let mut buf = shared.get_buf();
+    let mut replies = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        match sock.wait_readable(Duration::from_millis(100)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(error = %e, "poll failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        // Drain everything queued before polling again.
+        loop {
+            let range = match sock.recv_frame(&mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(error = %e, "receive failed");
+                    break;
+                }
+            };
+            if range.is_empty() {
+                continue;
+            }
+            let mut job = None;
+            {
+                let mut core = shared.core.lock().expect("core poisoned");
+                core.handle(iface, &buf[range.clone()]);
+                while let Some(o) = core.poll_output() {
+                    match o {
+                        Output::Transmit(t) => replies.push(t),
+                        Output::Io(io) => job = Some(io),
+                    }
+                }
+            }
+            for t in replies.drain(..) {
+                if let Err(e) = shared.sockets[t.iface].send(&t.frame) {
+                    warn!(error = %e, "send failed");
+                }
+            }
+            if let Some(io) = job {
+                let full = std::mem::replace(&mut buf, shared.get_buf());
+                if jobs
+                    .send(Job {
+                        io,
+                        buf: full,
+                        off: range.start,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn io_thread(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let job = jobs.lock().expect("job queue poisoned").recv();
+        let Ok(Job { io, mut buf, off }) = job else {
+            return;
+        };
+        let frame = &mut buf[off..];
+        let result = shared.perform(&io, frame);
+        let n = io.complete(result, frame);
+        if let Err(e) = shared.sockets[io.iface].send(&frame[..n]) {
+            warn!(error = %e, "send failed");
+        }
+        shared.core.lock().expect("core poisoned").io_done(io.target);
+        shared.put_buf(buf);
+    }
+}
