@@ -98,6 +98,8 @@ pub struct Initiator {
     pub timeout: Duration,
     /// Give up after this many transmissions of one frame.
     pub max_tries: u32,
+    /// 802.1Q tag put inline on every frame (and required on answers).
+    vlan: Option<u16>,
     tx: Vec<u8>,
     rx: Vec<u8>,
 }
@@ -105,10 +107,23 @@ pub struct Initiator {
 impl Initiator {
     /// Opens a raw socket on interface `ifname` (needs CAP_NET_RAW).
     pub fn open(ifname: &str) -> Result<Self, InitiatorError> {
-        let sock = RawSocket::open(ifname, Listen::AoeOnly)?;
+        Self::open_with(ifname, None)
+    }
+
+    /// Opens a socket on `ifname` that tags every frame with VLAN `vlan`
+    /// itself (no VLAN interface needed) and accepts only answers tagged
+    /// with the same VLAN ID.
+    pub fn open_vlan(ifname: &str, vlan: u16) -> Result<Self, InitiatorError> {
+        Self::open_with(ifname, Some(vlan))
+    }
+
+    fn open_with(ifname: &str, vlan: Option<u16>) -> Result<Self, InitiatorError> {
+        let listen = if vlan.is_some() { Listen::AllVlans } else { Listen::AoeOnly };
+        let sock = RawSocket::open(ifname, listen)?;
         let n = sock.mtu + 64;
         Ok(Self {
             sock,
+            vlan,
             seq: 1,
             timeout: Duration::from_millis(250),
             max_tries: 8,
@@ -158,7 +173,8 @@ impl Initiator {
         version: u8,
         arg: &[u8],
     ) -> Result<(), InitiatorError> {
-        let n = build(&mut self.tx, self.sock.mac, dst, shelf, slot, command, tag, version, |b| {
+        let vlan = self.vlan;
+        let n = build(&mut self.tx, vlan, self.sock.mac, dst, shelf, slot, command, tag, version, |b| {
             b[..arg.len()].copy_from_slice(arg);
             arg.len()
         });
@@ -170,9 +186,9 @@ impl Initiator {
     pub fn recv(&mut self, wait: Duration) -> Result<Option<Response>, InitiatorError> {
         let deadline = Instant::now() + wait;
         loop {
-            match self.sock.recv(&mut self.rx) {
-                Ok(m) if m.len > 0 => {
-                    if let Some(r) = parse_response(&self.rx[..m.len]) {
+            match self.sock.recv_frame(&mut self.rx) {
+                Ok(range) if !range.is_empty() => {
+                    if let Some(r) = parse_response(&self.rx[range], self.vlan) {
                         return Ok(Some(r));
                     }
                 }
@@ -434,7 +450,7 @@ impl Initiator {
                 let op = ops[next];
                 self.seq = self.seq.wrapping_add(1);
                 let tag = (self.seq << 8) | i as u32;
-                let n = build_ata(&mut frames[i], self.sock.mac, dev, tag, &op, ext, data);
+                let n = build_ata(&mut frames[i], self.vlan, self.sock.mac, dev, tag, &op, ext, data);
                 self.sock.send(&frames[i][..n])?;
                 *s = Slot {
                     op: Some(next),
@@ -445,10 +461,10 @@ impl Initiator {
                 next += 1;
             }
             // Take one answer, or retransmit what timed out.
-            match self.sock.recv(&mut self.rx) {
-                Ok(m) if m.len > 0 => {
-                    let f = &self.rx[..m.len];
-                    let Some((tag, hdr_err, ata_at)) = check_ata_response(f, dev) else {
+            match self.sock.recv_frame(&mut self.rx) {
+                Ok(range) if !range.is_empty() => {
+                    let f = &self.rx[range];
+                    let Some((tag, hdr_err, ata_at)) = check_ata_response(f, dev, self.vlan) else {
                         continue;
                     };
                     let i = (tag & 0xff) as usize;
@@ -519,6 +535,7 @@ impl Initiator {
 #[allow(clippy::too_many_arguments)]
 fn build(
     buf: &mut [u8],
+    vlan: Option<u16>,
     src: Mac,
     dst: Mac,
     shelf: u16,
@@ -531,10 +548,11 @@ fn build(
     let eth = EthRepr {
         dst,
         src,
-        vlan_tci: None,
+        vlan_tci: vlan,
         ethertype: ETHERTYPE_AOE,
     };
     eth.emit(buf).expect("frame buffer holds a header");
+    let at = eth.buffer_len();
     let h = aoe::Repr {
         version,
         response: false,
@@ -544,9 +562,9 @@ fn build(
         command,
         tag,
     };
-    h.emit(&mut aoe::Packet::new_unchecked(&mut buf[14..]))
+    h.emit(&mut aoe::Packet::new_unchecked(&mut buf[at..]))
         .expect("frame buffer holds a header");
-    let n = 14 + HEADER_LEN + fill(&mut buf[14 + HEADER_LEN..]);
+    let n = at + HEADER_LEN + fill(&mut buf[at + HEADER_LEN..]);
     if n < ETH_MIN_FRAME {
         buf[n..ETH_MIN_FRAME].fill(0);
         ETH_MIN_FRAME
@@ -562,9 +580,19 @@ fn frame_len(buf: &[u8]) -> usize {
     u32::from_le_bytes([buf[n - 4], buf[n - 3], buf[n - 2], buf[n - 1]]) as usize
 }
 
-fn build_ata(buf: &mut [u8], src: Mac, dev: &Device, tag: u32, op: &Op, ext: bool, data: &[u8]) -> usize {
+#[allow(clippy::too_many_arguments)]
+fn build_ata(
+    buf: &mut [u8],
+    vlan: Option<u16>,
+    src: Mac,
+    dev: &Device,
+    tag: u32,
+    op: &Op,
+    ext: bool,
+    data: &[u8],
+) -> usize {
     let len = usize::from(op.sectors) * SECTOR_SIZE;
-    let n = build(buf, src, dev.mac, dev.shelf, dev.slot, Command::Ata, tag, aoe::VERSION, |b| {
+    let n = build(buf, vlan, src, dev.mac, dev.shelf, dev.slot, Command::Ata, tag, aoe::VERSION, |b| {
         let mut a = AtaRepr {
             aflags: if ext { aflags::EXTENDED } else { 0 } | if op.write { aflags::WRITE } else { 0 },
             err_feature: 0,
@@ -593,9 +621,17 @@ fn build_ata(buf: &mut [u8], src: Mac, dev: &Device, tag: u32, op: &Op, ext: boo
 
 /// Checks that `f` is an ATA response from `dev`; returns its tag, AoE error
 /// and the offset of the ATA header.
-fn check_ata_response(f: &[u8], dev: &Device) -> Option<(u32, Option<ErrorCode>, usize)> {
+fn same_vlan(a: Option<u16>, b: Option<u16>) -> bool {
+    a.map(|t| t & 0x0fff) == b.map(|t| t & 0x0fff)
+}
+
+fn check_ata_response(
+    f: &[u8],
+    dev: &Device,
+    vlan: Option<u16>,
+) -> Option<(u32, Option<ErrorCode>, usize)> {
     let (eth, at) = EthRepr::parse(f).ok()?;
-    if eth.ethertype != ETHERTYPE_AOE || eth.src != dev.mac {
+    if eth.ethertype != ETHERTYPE_AOE || eth.src != dev.mac || !same_vlan(eth.vlan_tci, vlan) {
         return None;
     }
     let p = aoe::Packet::new_checked(&f[at..]).ok()?;
@@ -609,9 +645,9 @@ fn check_ata_response(f: &[u8], dev: &Device) -> Option<(u32, Option<ErrorCode>,
     Some((h.tag, h.error, at + HEADER_LEN))
 }
 
-fn parse_response(f: &[u8]) -> Option<Response> {
+fn parse_response(f: &[u8], vlan: Option<u16>) -> Option<Response> {
     let (eth, at) = EthRepr::parse(f).ok()?;
-    if eth.ethertype != ETHERTYPE_AOE {
+    if eth.ethertype != ETHERTYPE_AOE || !same_vlan(eth.vlan_tci, vlan) {
         return None;
     }
     let p = aoe::Packet::new_checked(&f[at..]).ok()?;
