@@ -120,6 +120,9 @@ impl Initiator {
     fn open_with(ifname: &str, vlan: Option<u16>) -> Result<Self, InitiatorError> {
         let listen = if vlan.is_some() { Listen::AllVlans } else { Listen::AoeOnly };
         let sock = RawSocket::open(ifname, listen)?;
+        // Blocking receives wake up this often to check retransmissions.
+        sock.set_read_timeout(Duration::from_millis(20))
+            .map_err(InitiatorError::Io)?;
         let n = sock.mtu + 64;
         Ok(Self {
             sock,
@@ -440,6 +443,7 @@ impl Initiator {
         let mut frames: Vec<Vec<u8>> = (0..window).map(|_| vec![0u8; self.sock.mtu + 64]).collect();
         let mut next = 0usize;
         let mut done = 0usize;
+        let mut last_check = now;
         let ext = dev.lba48;
         while done < ops.len() {
             // Fill free slots.
@@ -460,8 +464,14 @@ impl Initiator {
                 };
                 next += 1;
             }
-            // Take one answer, or retransmit what timed out.
-            match self.sock.recv_frame(&mut self.rx) {
+            // Take one answer (one system call while the window is full), or
+            // retransmit what timed out.
+            let r = if next < ops.len() && slots.iter().any(|s| s.op.is_none()) {
+                self.sock.recv_frame(&mut self.rx)
+            } else {
+                self.sock.recv_frame_blocking(&mut self.rx)
+            };
+            match r {
                 Ok(range) if !range.is_empty() => {
                     let f = &self.rx[range];
                     let Some((tag, hdr_err, ata_at)) = check_ata_response(f, dev, self.vlan) else {
@@ -497,33 +507,31 @@ impl Initiator {
                     done += 1;
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let now = Instant::now();
-                    let mut soonest = self.timeout;
-                    for (i, s) in slots.iter_mut().enumerate() {
-                        if s.op.is_none() {
-                            continue;
-                        }
-                        let age = now - s.sent;
-                        if age >= self.timeout {
-                            if s.tries >= self.max_tries {
-                                return Err(InitiatorError::Timeout {
-                                    shelf: dev.shelf,
-                                    slot: dev.slot,
-                                    tries: s.tries,
-                                });
-                            }
-                            let n = frame_len(&frames[i]);
-                            self.sock.send(&frames[i][..n])?;
-                            s.sent = now;
-                            s.tries += 1;
-                        } else {
-                            soonest = soonest.min(self.timeout - age);
-                        }
-                    }
-                    self.sock.wait_readable(soonest)?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
+            }
+            // Retransmit what timed out (checked every few milliseconds, also
+            // while other answers keep arriving).
+            let now = Instant::now();
+            if now - last_check < Duration::from_millis(10) {
+                continue;
+            }
+            last_check = now;
+            for (i, s) in slots.iter_mut().enumerate() {
+                if s.op.is_none() || now - s.sent < self.timeout {
+                    continue;
+                }
+                if s.tries >= self.max_tries {
+                    return Err(InitiatorError::Timeout {
+                        shelf: dev.shelf,
+                        slot: dev.slot,
+                        tries: s.tries,
+                    });
+                }
+                let n = frame_len(&frames[i]);
+                self.sock.send(&frames[i][..n])?;
+                s.sent = now;
+                s.tries += 1;
             }
         }
         Ok(())

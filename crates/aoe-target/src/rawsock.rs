@@ -255,9 +255,42 @@ impl RawSocket {
         Ok(rc > 0)
     }
 
+    /// Sets how long a blocking receive waits before `WouldBlock`.
+    pub fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: passes a live timeval with its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// Receives one frame into `buf` without blocking (`WouldBlock` if none).
     /// Our own outgoing frames are skipped (returned as `len == 0`).
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<RecvMeta> {
+        self.recv_with(buf, libc::MSG_DONTWAIT)
+    }
+
+    /// Like [`RawSocket::recv`] but waits up to the read timeout
+    /// ([`RawSocket::set_read_timeout`]); one system call per frame.
+    pub fn recv_blocking(&self, buf: &mut [u8]) -> io::Result<RecvMeta> {
+        self.recv_with(buf, 0)
+    }
+
+    fn recv_with(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<RecvMeta> {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
@@ -275,7 +308,7 @@ impl RawSocket {
         msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = size_of::<[u64; 8]>() as _;
         // SAFETY: recvmsg writes at most the sizes we gave it.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, flags) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -310,7 +343,16 @@ impl RawSocket {
     /// Receives one frame into `buf[4..]` and, if it was VLAN-tagged, puts the
     /// tag back inline; returns the frame's range within `buf`.
     pub fn recv_frame(&self, buf: &mut [u8]) -> io::Result<std::ops::Range<usize>> {
-        let m = self.recv(&mut buf[4..])?;
+        self.recv_frame_with(buf, libc::MSG_DONTWAIT)
+    }
+
+    /// [`RawSocket::recv_frame`], waiting up to the read timeout.
+    pub fn recv_frame_blocking(&self, buf: &mut [u8]) -> io::Result<std::ops::Range<usize>> {
+        self.recv_frame_with(buf, 0)
+    }
+
+    fn recv_frame_with(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<std::ops::Range<usize>> {
+        let m = self.recv_with(&mut buf[4..], flags)?;
         if m.len < 14 {
             return Ok(4..4);
         }

@@ -60,7 +60,7 @@ fn default_buffer_count() -> u16 {
 }
 
 fn default_io_threads() -> usize {
-    4
+    2
 }
 
 fn default_max_clients() -> usize {
