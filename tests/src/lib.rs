@@ -269,7 +269,12 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
             let path = std::ffi::CString::new(format!("/run/netns/{}", ns.name)).unwrap();
             // SAFETY: opening a path we own the string of; the fd is checked.
             let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-            assert!(fd >= 0, "opening /run/netns/{}: {}", ns.name, std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "opening /run/netns/{}: {}",
+                ns.name,
+                std::io::Error::last_os_error()
+            );
             // SAFETY: setns on a namespace fd only changes this thread's namespace.
             let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
             let err = std::io::Error::last_os_error();

@@ -70,7 +70,11 @@ impl Lab {
     fn ours(&self, extra: &[&str]) -> Daemon {
         let mut cmd = self.tgt.command(bin("anyboot-aoe-target"));
         cmd.args(["-v", "--interface", &self.tgt_if]).args(extra);
-        Daemon::spawn("anyboot-aoe-target", &mut cmd, &self.dir.path().join("target.log"))
+        Daemon::spawn(
+            "anyboot-aoe-target",
+            &mut cmd,
+            &self.dir.path().join("target.log"),
+        )
     }
 }
 
@@ -93,8 +97,14 @@ fn read_write_workload(ini: &mut Initiator, dev: &Device, image: &mut [u8]) {
     let mut buf = vec![0u8; image.len()];
     ini.read(dev, 0, &mut buf).unwrap();
     assert!(buf == image, "whole-disk read differs from the image");
-    for (lba, n, seed) in [(0u64, 64usize, 1u8), (4000, 37, 2), (DISK_SECTORS - 40, 40, 3)] {
-        let data: Vec<u8> = (0..n * 512).map(|i| (i as u8).wrapping_mul(seed) ^ seed).collect();
+    for (lba, n, seed) in [
+        (0u64, 64usize, 1u8),
+        (4000, 37, 2),
+        (DISK_SECTORS - 40, 40, 3),
+    ] {
+        let data: Vec<u8> = (0..n * 512)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect();
         ini.write(dev, lba, &data).unwrap();
         image[lba as usize * 512..lba as usize * 512 + data.len()].copy_from_slice(&data);
     }
@@ -128,9 +138,16 @@ fn initiator_reads_and_writes_a_vblade_disk() {
     // Out-of-range read: vblade answers with an ATA error too.
     let r = ini.ata(dev.mac, 1, 1, ata(0x24, DISK_SECTORS, 1, true), &[]);
     let (h, _) = r.unwrap();
-    assert_ne!(h.cmd_status & status::ERR, 0, "vblade accepted an LBA past the end");
+    assert_ne!(
+        h.cmd_status & status::ERR,
+        0,
+        "vblade accepted an LBA past the end"
+    );
     drop(_vblade);
-    assert!(std::fs::read(&image_path).unwrap() == image, "vblade's file lacks our writes");
+    assert!(
+        std::fs::read(&image_path).unwrap() == image,
+        "vblade's file lacks our writes"
+    );
 }
 
 /// Starts tshark capturing on the initiator's interface; returns it once it
@@ -139,11 +156,16 @@ fn tshark(lab: &Lab, file: &Path) -> Daemon {
     let tshark = require("tshark", "tshark");
     let log = lab.dir.path().join("tshark.log");
     let mut cmd = lab.ini.command(tshark);
-    cmd.args(["-i", &lab.ini_if, "-f", "ether proto 0x88a2", "-w"]).arg(file);
+    cmd.args(["-i", &lab.ini_if, "-f", "ether proto 0x88a2", "-w"])
+        .arg(file);
     let d = Daemon::spawn("tshark", &mut cmd, &log);
     let start = Instant::now();
     while !d.log().contains("Capturing on") {
-        assert!(start.elapsed() < Duration::from_secs(30), "tshark did not start: {}", d.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "tshark did not start: {}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // tshark prints the line just before its capture loop starts.
@@ -159,12 +181,34 @@ fn check_capture(file: &Path, target_mac: Mac, min_frames: usize) {
         target_mac[0], target_mac[1], target_mac[2], target_mac[3], target_mac[4], target_mac[5]
     );
     let filter = format!("eth.src == {mac}");
-    let all = run_ok(Command::new(&tshark).arg("-r").arg(file).args(["-Y", &filter]));
+    let all = run_ok(
+        Command::new(&tshark)
+            .arg("-r")
+            .arg(file)
+            .args(["-Y", &filter]),
+    );
     let ours = all.lines().count();
-    let aoe = run_ok(Command::new(&tshark).arg("-r").arg(file).args(["-Y", &format!("{filter} && aoe")]));
-    assert!(ours >= min_frames, "only {ours} frames from the target captured");
-    assert_eq!(aoe.lines().count(), ours, "frames not dissected as AoE:\n{all}");
-    let detail = run_ok(Command::new(&tshark).arg("-r").arg(file).args(["-V", "-Y", &filter]));
+    let aoe = run_ok(
+        Command::new(&tshark)
+            .arg("-r")
+            .arg(file)
+            .args(["-Y", &format!("{filter} && aoe")]),
+    );
+    assert!(
+        ours >= min_frames,
+        "only {ours} frames from the target captured"
+    );
+    assert_eq!(
+        aoe.lines().count(),
+        ours,
+        "frames not dissected as AoE:\n{all}"
+    );
+    let detail = run_ok(
+        Command::new(&tshark)
+            .arg("-r")
+            .arg(file)
+            .args(["-V", "-Y", &filter]),
+    );
     for bad in ["Malformed", "Expert Info", "[Unreassembled", "Exception"] {
         assert!(
             !detail.contains(bad),
@@ -178,14 +222,26 @@ fn check_capture(file: &Path, target_mac: Mac, min_frames: usize) {
         );
     }
     // The dissector saw responses with the fields we set.
-    assert!(detail.contains("ATA over Ethernet"), "no AoE decode in:\n{detail}");
+    assert!(
+        detail.contains("ATA over Ethernet"),
+        "no AoE decode in:\n{detail}"
+    );
     // Every ATA response of ours is matched by the dissector to its request
     // (same tag, same shelf.slot).
     let ata = format!("{filter} && aoe.cmd == 0 && aoe.response == 1");
     let responses = run_ok(Command::new(&tshark).arg("-r").arg(file).args(["-Y", &ata]));
-    let matched = run_ok(Command::new(&tshark).arg("-r").arg(file).args(["-Y", &format!("{ata} && aoe.response_to")]));
+    let matched = run_ok(
+        Command::new(&tshark)
+            .arg("-r")
+            .arg(file)
+            .args(["-Y", &format!("{ata} && aoe.response_to")]),
+    );
     assert!(responses.lines().count() >= min_frames / 2);
-    assert_eq!(matched.lines().count(), responses.lines().count(), "responses not matched to requests");
+    assert_eq!(
+        matched.lines().count(),
+        responses.lines().count(),
+        "responses not matched to requests"
+    );
 }
 
 #[test]
@@ -195,7 +251,12 @@ fn initiator_reads_and_writes_our_target_and_wireshark_decodes_every_frame() {
     let mut image = make_image(&image_path);
     let pcap = lab.dir.path().join("aoe.pcapng");
     let cap = tshark(&lab, &pcap);
-    let target = lab.ours(&["--target", &format!("1.1={}", image_path.display()), "--target", &format!("1.2={},ro", image_path.display())]);
+    let target = lab.ours(&[
+        "--target",
+        &format!("1.1={}", image_path.display()),
+        "--target",
+        &format!("1.2={},ro", image_path.display()),
+    ]);
     let mut ini = lab.initiator(&lab.ini_if);
     let dev = attach(&mut ini, 1, 1, 16);
     assert_eq!(dev.max_sectors, 2, "MTU 1500 carries two sectors");
@@ -208,7 +269,10 @@ fn initiator_reads_and_writes_our_target_and_wireshark_decodes_every_frame() {
 
     // Both targets answer a broadcast Query Config.
     let found = ini.discover(0xffff, 0xff, WAIT).unwrap();
-    assert_eq!(found.iter().map(|f| (f.shelf, f.slot)).collect::<Vec<_>>(), vec![(1, 1), (1, 2)]);
+    assert_eq!(
+        found.iter().map(|f| (f.shelf, f.slot)).collect::<Vec<_>>(),
+        vec![(1, 1), (1, 2)]
+    );
 
     // FLUSH CACHE EXT and CHECK POWER MODE.
     let (h, _) = ini.ata(dev.mac, 1, 1, ata(0xea, 0, 0, true), &[]).unwrap();
@@ -217,9 +281,15 @@ fn initiator_reads_and_writes_our_target_and_wireshark_decodes_every_frame() {
     assert_eq!((h.cmd_status, h.sector_count), (status::DRDY, 0xff));
 
     // Out-of-range LBA (LBA28 and LBA48): ATA error, IDNF.
-    for a in [ata(0x20, DISK_SECTORS - 1, 2, false), ata(0x24, 1 << 40, 1, true)] {
+    for a in [
+        ata(0x20, DISK_SECTORS - 1, 2, false),
+        ata(0x24, 1 << 40, 1, true),
+    ] {
         let (h, _) = ini.ata(dev.mac, 1, 1, a, &[]).unwrap();
-        assert_eq!((h.cmd_status, h.err_feature), (status::DRDY | status::ERR, error_bits::IDNF));
+        assert_eq!(
+            (h.cmd_status, h.err_feature),
+            (status::DRDY | status::ERR, error_bits::IDNF)
+        );
     }
     // Unknown ATA opcode: aborted. Write to the read-only target: aborted.
     let (h, _) = ini.ata(dev.mac, 1, 1, ata(0x99, 0, 0, false), &[]).unwrap();
@@ -227,12 +297,21 @@ fn initiator_reads_and_writes_our_target_and_wireshark_decodes_every_frame() {
     let mut w = ata(0x34, 0, 1, true);
     w.aflags |= aflags::WRITE;
     let (h, _) = ini.ata(dev.mac, 1, 2, w, &[0x55; 512]).unwrap();
-    assert_eq!((h.cmd_status, h.err_feature), (status::DRDY | status::ERR, error_bits::ABRT));
+    assert_eq!(
+        (h.cmd_status, h.err_feature),
+        (status::DRDY | status::ERR, error_bits::ABRT)
+    );
 
     // Bad shelf/slot: no answer at all.
-    assert!(ini.exchange(MAC_BROADCAST, 7, 7, AoeCommand::QueryConfig, &[0; 8], WAIT).unwrap().is_empty());
+    assert!(ini
+        .exchange(MAC_BROADCAST, 7, 7, AoeCommand::QueryConfig, &[0; 8], WAIT)
+        .unwrap()
+        .is_empty());
     // Unknown AoE command: error reply 1, tag echoed.
-    let r = ini.exchange_one(dev.mac, 1, 1, AoeCommand::Unknown(9), &[0; 8], WAIT).unwrap().expect("an error reply");
+    let r = ini
+        .exchange_one(dev.mac, 1, 1, AoeCommand::Unknown(9), &[0; 8], WAIT)
+        .unwrap()
+        .expect("an error reply");
     assert_eq!(r.header.error, Some(ErrorCode::UnrecognizedCommand));
     assert!(r.header.response);
 
@@ -242,8 +321,12 @@ fn initiator_reads_and_writes_our_target_and_wireshark_decodes_every_frame() {
 
     target.stop();
     let mut cap = cap;
-    cap.stop_with(libc::SIGINT, Duration::from_secs(10)).expect("tshark exits on SIGINT");
-    assert!(std::fs::read(&image_path).unwrap() == image, "the image lacks our writes");
+    cap.stop_with(libc::SIGINT, Duration::from_secs(10))
+        .expect("tshark exits on SIGINT");
+    assert!(
+        std::fs::read(&image_path).unwrap() == image,
+        "the image lacks our writes"
+    );
     check_capture(&pcap, dev.mac, 8000);
 }
 
@@ -251,7 +334,10 @@ fn config_strings(ini: &mut Initiator, dev: &Device) {
     let q = |ini: &mut Initiator, c, s: &[u8]| ini.query_config(dev.mac, 1, 1, c, s, WAIT).unwrap();
     assert!(q(ini, ConfigCommand::TestExact, b"x").is_empty());
     let r = q(ini, ConfigCommand::SetIfEmpty, b"owner=pc1");
-    assert_eq!((r[0].0.header.error, r[0].1.config.as_slice()), (None, &b"owner=pc1"[..]));
+    assert_eq!(
+        (r[0].0.header.error, r[0].1.config.as_slice()),
+        (None, &b"owner=pc1"[..])
+    );
     let r = q(ini, ConfigCommand::SetIfEmpty, b"owner=pc2");
     assert_eq!(r[0].0.header.error, Some(ErrorCode::ConfigStringPresent));
     assert_eq!(r[0].1.config, b"owner=pc1");
@@ -264,12 +350,23 @@ fn config_strings(ini: &mut Initiator, dev: &Device) {
 }
 
 fn mask_arg(mcmd: MaskCommand, dirs: &[(DirectiveCommand, Mac)]) -> Vec<u8> {
-    let r = MaskRepr { mcmd, merror: MaskError::None, dir_count: dirs.len() as u8 };
+    let r = MaskRepr {
+        mcmd,
+        merror: MaskError::None,
+        dir_count: dirs.len() as u8,
+    };
     let mut v = vec![0u8; r.buffer_len()];
     r.emit(&mut v).unwrap();
     let mut p = MaskPacket::new_unchecked(&mut v[..]);
     for (i, (dcmd, mac)) in dirs.iter().enumerate() {
-        p.set_directive(i, Directive { dcmd: *dcmd, mac: *mac }).unwrap();
+        p.set_directive(
+            i,
+            Directive {
+                dcmd: *dcmd,
+                mac: *mac,
+            },
+        )
+        .unwrap();
     }
     v
 }
@@ -279,10 +376,25 @@ fn mask_arg(mcmd: MaskCommand, dirs: &[(DirectiveCommand, Mac)]) -> Vec<u8> {
 /// initiator side with its own MAC.
 fn other_host(lab: &Lab) -> Initiator {
     let name = format!("{}o", &lab.ini_if[..lab.ini_if.len().min(13)]);
-    if run(lab.ini.command("ip").args(["link", "show", &name])).status.success() {
+    if run(lab.ini.command("ip").args(["link", "show", &name]))
+        .status
+        .success()
+    {
         return lab.initiator(&name);
     }
-    lab.ini.exec_ok(&["ip", "link", "add", "link", &lab.ini_if, "name", &name, "type", "macvlan", "mode", "bridge"]);
+    lab.ini.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "link",
+        &lab.ini_if,
+        "name",
+        &name,
+        "type",
+        "macvlan",
+        "mode",
+        "bridge",
+    ]);
     lab.ini.exec_ok(&["ip", "link", "set", &name, "up"]);
     lab.initiator(&name)
 }
@@ -291,38 +403,79 @@ fn mac_mask(lab: &Lab, ini: &mut Initiator, dev: &Device) {
     let mut other = other_host(lab);
     let me = ini.mac();
     let config_read = [0u8; 8];
-    assert!(other.exchange_one(dev.mac, 1, 1, AoeCommand::QueryConfig, &config_read, WAIT).unwrap().is_some());
+    assert!(other
+        .exchange_one(dev.mac, 1, 1, AoeCommand::QueryConfig, &config_read, WAIT)
+        .unwrap()
+        .is_some());
     let r = ini
-        .exchange_one(dev.mac, 1, 1, AoeCommand::MacMask, &mask_arg(MaskCommand::Edit, &[(DirectiveCommand::Add, me)]), WAIT)
+        .exchange_one(
+            dev.mac,
+            1,
+            1,
+            AoeCommand::MacMask,
+            &mask_arg(MaskCommand::Edit, &[(DirectiveCommand::Add, me)]),
+            WAIT,
+        )
         .unwrap()
         .expect("mask edit answered");
     let p = MaskPacket::new_checked(&r.arg[..]).unwrap();
     assert_eq!(MaskRepr::parse(&p).unwrap().merror, MaskError::None);
     assert_eq!(p.directive(0).map(|d| d.mac), Some(me));
     // The other host is now ignored on every command, we are still served.
-    assert!(other.exchange_one(dev.mac, 1, 1, AoeCommand::QueryConfig, &config_read, WAIT).unwrap().is_none());
+    assert!(other
+        .exchange_one(dev.mac, 1, 1, AoeCommand::QueryConfig, &config_read, WAIT)
+        .unwrap()
+        .is_none());
     let mut buf = vec![0u8; 1024];
     let mut odev = dev.clone();
     odev.window = 1;
     other.max_tries = 2;
     other.timeout = Duration::from_millis(150);
-    assert!(matches!(other.read(&odev, 0, &mut buf), Err(InitiatorError::Timeout { .. })));
+    assert!(matches!(
+        other.read(&odev, 0, &mut buf),
+        Err(InitiatorError::Timeout { .. })
+    ));
     ini.read(dev, 0, &mut buf).unwrap();
     // A bad directive is reported.
     let r = ini
-        .exchange_one(dev.mac, 1, 1, AoeCommand::MacMask, &mask_arg(MaskCommand::Edit, &[(DirectiveCommand::Unknown(9), me)]), WAIT)
+        .exchange_one(
+            dev.mac,
+            1,
+            1,
+            AoeCommand::MacMask,
+            &mask_arg(MaskCommand::Edit, &[(DirectiveCommand::Unknown(9), me)]),
+            WAIT,
+        )
         .unwrap()
         .unwrap();
-    assert_eq!(MaskRepr::parse(&MaskPacket::new_checked(&r.arg[..]).unwrap()).unwrap().merror, MaskError::BadDirective);
+    assert_eq!(
+        MaskRepr::parse(&MaskPacket::new_checked(&r.arg[..]).unwrap())
+            .unwrap()
+            .merror,
+        MaskError::BadDirective
+    );
     // Remove ourselves: open to all again.
-    ini.exchange_one(dev.mac, 1, 1, AoeCommand::MacMask, &mask_arg(MaskCommand::Edit, &[(DirectiveCommand::Delete, me)]), WAIT)
+    ini.exchange_one(
+        dev.mac,
+        1,
+        1,
+        AoeCommand::MacMask,
+        &mask_arg(MaskCommand::Edit, &[(DirectiveCommand::Delete, me)]),
+        WAIT,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(other
+        .exchange_one(dev.mac, 1, 1, AoeCommand::QueryConfig, &config_read, WAIT)
         .unwrap()
-        .unwrap();
-    assert!(other.exchange_one(dev.mac, 1, 1, AoeCommand::QueryConfig, &config_read, WAIT).unwrap().is_some());
+        .is_some());
 }
 
 fn reserve_arg(rcmd: ReserveCommand, macs: &[Mac]) -> Vec<u8> {
-    let r = ReserveRepr { rcmd, nmacs: macs.len() as u8 };
+    let r = ReserveRepr {
+        rcmd,
+        nmacs: macs.len() as u8,
+    };
     let mut v = vec![0u8; r.buffer_len()];
     r.emit(&mut v).unwrap();
     let mut p = ReservePacket::new_unchecked(&mut v[..]);
@@ -335,7 +488,17 @@ fn reserve_arg(rcmd: ReserveCommand, macs: &[Mac]) -> Vec<u8> {
 fn reserve(lab: &Lab, ini: &mut Initiator, dev: &Device) {
     let mut other = other_host(lab);
     let me = ini.mac();
-    let r = ini.exchange_one(dev.mac, 1, 1, AoeCommand::Reserve, &reserve_arg(ReserveCommand::Set, &[me]), WAIT).unwrap().unwrap();
+    let r = ini
+        .exchange_one(
+            dev.mac,
+            1,
+            1,
+            AoeCommand::Reserve,
+            &reserve_arg(ReserveCommand::Set, &[me]),
+            WAIT,
+        )
+        .unwrap()
+        .unwrap();
     assert_eq!(r.header.error, None);
     // The other host's ATA commands are refused with "target reserved".
     match other.ata(dev.mac, 1, 1, ata(0x24, 0, 1, true), &[]) {
@@ -343,17 +506,49 @@ fn reserve(lab: &Lab, ini: &mut Initiator, dev: &Device) {
         other => panic!("expected `target reserved`, got {other:?}"),
     }
     // It cannot take the reservation, but can read the list.
-    let r = other.exchange_one(dev.mac, 1, 1, AoeCommand::Reserve, &reserve_arg(ReserveCommand::Set, &[other.mac()]), WAIT).unwrap().unwrap();
+    let r = other
+        .exchange_one(
+            dev.mac,
+            1,
+            1,
+            AoeCommand::Reserve,
+            &reserve_arg(ReserveCommand::Set, &[other.mac()]),
+            WAIT,
+        )
+        .unwrap()
+        .unwrap();
     assert_eq!(r.header.error, Some(ErrorCode::TargetReserved));
-    let r = other.exchange_one(dev.mac, 1, 1, AoeCommand::Reserve, &reserve_arg(ReserveCommand::Read, &[]), WAIT).unwrap().unwrap();
+    let r = other
+        .exchange_one(
+            dev.mac,
+            1,
+            1,
+            AoeCommand::Reserve,
+            &reserve_arg(ReserveCommand::Read, &[]),
+            WAIT,
+        )
+        .unwrap()
+        .unwrap();
     let p = ReservePacket::new_checked(&r.arg[..]).unwrap();
     assert_eq!(p.mac(0), Some(me));
     let mut buf = vec![0u8; 4096];
     ini.read(dev, 8, &mut buf).unwrap();
     // Release; the other host reads again.
-    let r = ini.exchange_one(dev.mac, 1, 1, AoeCommand::Reserve, &reserve_arg(ReserveCommand::Set, &[]), WAIT).unwrap().unwrap();
+    let r = ini
+        .exchange_one(
+            dev.mac,
+            1,
+            1,
+            AoeCommand::Reserve,
+            &reserve_arg(ReserveCommand::Set, &[]),
+            WAIT,
+        )
+        .unwrap()
+        .unwrap();
     assert_eq!(r.header.error, None);
-    let (h, data) = other.ata(dev.mac, 1, 1, ata(0x24, 0, 1, true), &[]).unwrap();
+    let (h, data) = other
+        .ata(dev.mac, 1, 1, ata(0x24, 0, 1, true), &[])
+        .unwrap();
     assert_eq!((h.cmd_status, data.len()), (status::DRDY, 512));
 }
 
@@ -407,12 +602,23 @@ fn check_config_names_the_key() {
          [[aoe.target]]\nshelf = 1\nslot = 1\npath = \"/y\"\n",
     )
     .unwrap();
-    let out = run(Command::new(bin("anyboot-aoe-target")).arg("--check-config").arg("--config").arg(&cfg));
+    let out = run(Command::new(bin("anyboot-aoe-target"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&cfg));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("aoe.target[1]") && err.contains("used twice"), "{err}");
+    assert!(
+        err.contains("aoe.target[1]") && err.contains("used twice"),
+        "{err}"
+    );
     assert!(err.contains(&*cfg.to_string_lossy()), "{err}");
-    let out = run(Command::new(bin("anyboot-aoe-target"))
-        .args(["--check-config", "--interface", "eth0", "--target", "1.300=/x"]));
+    let out = run(Command::new(bin("anyboot-aoe-target")).args([
+        "--check-config",
+        "--interface",
+        "eth0",
+        "--target",
+        "1.300=/x",
+    ]));
     assert_eq!(out.status.code(), Some(2), "clap rejects slot 300");
 }

@@ -17,8 +17,21 @@ pub fn run(names: Vec<String>) -> Result<()> {
         match name.as_str() {
             "images" => run_cmd(cargo().args(["bench", "-p", "anyboot-images"]))?,
             "aoe" => {
-                run_cmd(cargo().args(["build", "--release", "-p", "anyboot-aoe-target", "--bins"]))?;
-                run_cmd(cargo().args(["run", "--release", "-p", "anyboot-benches", "--bin", "aoe"]))?
+                run_cmd(cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "anyboot-aoe-target",
+                    "--bins",
+                ]))?;
+                run_cmd(cargo().args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "anyboot-benches",
+                    "--bin",
+                    "aoe",
+                ]))?
             }
             other => bail!("no benchmark named `{other}` (have: {})", ALL.join(", ")),
         }

@@ -106,8 +106,15 @@ fn measure(ini: &mut Initiator, dev: &Device) -> Result<(f64, f64, f64)> {
 fn run_one(lab: &Lab, image: &Path, ours: bool, logdir: &Path) -> Result<(f64, f64, f64)> {
     let mut d = if ours {
         let mut cmd = lab.tgt.command(release_bin("anyboot-aoe-target")?);
-        cmd.args(["-q", "--interface", &lab.tgt_if, "--buffer-count", "64", "--target"])
-            .arg(format!("1.1={}", image.display()));
+        cmd.args([
+            "-q",
+            "--interface",
+            &lab.tgt_if,
+            "--buffer-count",
+            "64",
+            "--target",
+        ])
+        .arg(format!("1.1={}", image.display()));
         Daemon::spawn("anyboot-aoe-target", &mut cmd, &logdir.join("ours.log"))
     } else {
         let mut cmd = lab.tgt.command(require("vblade", "vblade"));
@@ -146,7 +153,9 @@ fn medians(runs: &[(f64, f64, f64)]) -> (f64, f64, f64) {
 fn main() -> Result<()> {
     require_root("the AoE benchmark (network namespaces, raw sockets)");
     // tmpfs, so the disk is not what we measure.
-    let dir = tempfile::Builder::new().prefix("aoe-bench").tempdir_in("/dev/shm")?;
+    let dir = tempfile::Builder::new()
+        .prefix("aoe-bench")
+        .tempdir_in("/dev/shm")?;
     let image = dir.path().join("disk.raw");
     std::fs::write(&image, vec![0u8; DISK_BYTES])?;
     let mut rows = Vec::new();

@@ -72,10 +72,16 @@ impl Config {
         for (i, t) in sec.targets.iter().enumerate() {
             let key = format!("aoe.target[{i}]");
             let image = match (&t.image, &t.path) {
-                (Some(name), _) => site
-                    .image(name)
-                    .map(|img| img.path.clone())
-                    .ok_or_else(|| site.error(format!("{key}.image"), format!("no [[image]] is named `{name}`")))?,
+                (Some(name), _) => {
+                    site.image(name)
+                        .map(|img| img.path.clone())
+                        .ok_or_else(|| {
+                            site.error(
+                                format!("{key}.image"),
+                                format!("no [[image]] is named `{name}`"),
+                            )
+                        })?
+                }
                 (None, Some(p)) => p.clone(),
                 (None, None) => {
                     return Err(site.error(&key, "give `image` or `path`"));
@@ -117,11 +123,17 @@ impl Config {
     /// Checks what serde cannot: returns the offending key and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.interfaces.is_empty() {
-            return Err(("aoe.interfaces".into(), "name at least one interface".into()));
+            return Err((
+                "aoe.interfaces".into(),
+                "name at least one interface".into(),
+            ));
         }
         for (i, n) in self.interfaces.iter().enumerate() {
             if n.is_empty() || n.len() >= 16 {
-                return Err((format!("aoe.interfaces[{i}]"), format!("`{n}` is not an interface name")));
+                return Err((
+                    format!("aoe.interfaces[{i}]"),
+                    format!("`{n}` is not an interface name"),
+                ));
             }
         }
         if self.io_threads == 0 || self.io_threads > 256 {
@@ -133,16 +145,31 @@ impl Config {
         for (i, t) in self.targets.iter().enumerate() {
             let key = format!("aoe.target[{i}]");
             if t.shelf == BROADCAST_SHELF || t.slot == BROADCAST_SLOT {
-                return Err((key, "shelf 65535 and slot 255 are the broadcast addresses".into()));
+                return Err((
+                    key,
+                    "shelf 65535 and slot 255 are the broadcast addresses".into(),
+                ));
             }
-            if self.targets[..i].iter().any(|o| o.shelf == t.shelf && o.slot == t.slot) {
-                return Err((key, format!("shelf.slot {}.{} is used twice", t.shelf, t.slot)));
+            if self.targets[..i]
+                .iter()
+                .any(|o| o.shelf == t.shelf && o.slot == t.slot)
+            {
+                return Err((
+                    key,
+                    format!("shelf.slot {}.{} is used twice", t.shelf, t.slot),
+                ));
             }
             if t.config_string.len() > MAX_CONFIG_STRING {
-                return Err((format!("{key}.config_string"), "longer than 1024 bytes".into()));
+                return Err((
+                    format!("{key}.config_string"),
+                    "longer than 1024 bytes".into(),
+                ));
             }
             if t.allowed_macs.len() > MAX_MASKS {
-                return Err((format!("{key}.allowed_macs"), format!("at most {MAX_MASKS} entries")));
+                return Err((
+                    format!("{key}.allowed_macs"),
+                    format!("at most {MAX_MASKS} entries"),
+                ));
             }
             if t.buffer_count == 0 {
                 return Err((format!("{key}.buffer_count"), "must be at least 1".into()));

@@ -118,7 +118,11 @@ impl Initiator {
     }
 
     fn open_with(ifname: &str, vlan: Option<u16>) -> Result<Self, InitiatorError> {
-        let listen = if vlan.is_some() { Listen::AllVlans } else { Listen::AoeOnly };
+        let listen = if vlan.is_some() {
+            Listen::AllVlans
+        } else {
+            Listen::AoeOnly
+        };
         let sock = RawSocket::open(ifname, listen)?;
         // Blocking receives wake up this often to check retransmissions.
         sock.set_read_timeout(Duration::from_millis(20))
@@ -177,10 +181,21 @@ impl Initiator {
         arg: &[u8],
     ) -> Result<(), InitiatorError> {
         let vlan = self.vlan;
-        let n = build(&mut self.tx, vlan, self.sock.mac, dst, shelf, slot, command, tag, version, |b| {
-            b[..arg.len()].copy_from_slice(arg);
-            arg.len()
-        });
+        let n = build(
+            &mut self.tx,
+            vlan,
+            self.sock.mac,
+            dst,
+            shelf,
+            slot,
+            command,
+            tag,
+            version,
+            |b| {
+                b[..arg.len()].copy_from_slice(arg);
+                arg.len()
+            },
+        );
         self.sock.send(&self.tx[..n])?;
         Ok(())
     }
@@ -279,7 +294,8 @@ impl Initiator {
             config,
         };
         let mut arg = vec![0u8; r.buffer_len()];
-        r.emit(&mut arg).map_err(|_| InitiatorError::Protocol("config string too long"))?;
+        r.emit(&mut arg)
+            .map_err(|_| InitiatorError::Protocol("config string too long"))?;
         let rs = self.exchange(dst, shelf, slot, Command::QueryConfig, &arg, wait)?;
         Ok(rs
             .into_iter()
@@ -302,7 +318,12 @@ impl Initiator {
 
     /// Finds targets at `shelf.slot` (wildcards allowed) by broadcasting Query
     /// Config, waiting `wait` for answers.
-    pub fn discover(&mut self, shelf: u16, slot: u8, wait: Duration) -> Result<Vec<Found>, InitiatorError> {
+    pub fn discover(
+        &mut self,
+        shelf: u16,
+        slot: u8,
+        wait: Duration,
+    ) -> Result<Vec<Found>, InitiatorError> {
         let mut v: Vec<Found> = self
             .query_config(MAC_BROADCAST, shelf, slot, ConfigCommand::Read, &[], wait)?
             .into_iter()
@@ -328,7 +349,9 @@ impl Initiator {
             .map_err(|_| InitiatorError::Protocol("ATA header"))?;
         arg[ATA_HEADER_LEN..].copy_from_slice(data);
         for _ in 0..self.max_tries {
-            if let Some(r) = self.exchange_one(dst, shelf, slot, Command::Ata, &arg, self.timeout)? {
+            if let Some(r) =
+                self.exchange_one(dst, shelf, slot, Command::Ata, &arg, self.timeout)?
+            {
                 if let Some(e) = r.header.error {
                     return Err(InitiatorError::Aoe(e));
                 }
@@ -367,7 +390,12 @@ impl Initiator {
 
     /// Discovers `shelf.slot`, identifies it and returns a [`Device`] with a
     /// window of at most `max_window` frames.
-    pub fn attach(&mut self, shelf: u16, slot: u8, max_window: usize) -> Result<Device, InitiatorError> {
+    pub fn attach(
+        &mut self,
+        shelf: u16,
+        slot: u8,
+        max_window: usize,
+    ) -> Result<Device, InitiatorError> {
         let mut found = None;
         for _ in 0..self.max_tries {
             found = self.discover(shelf, slot, self.timeout)?.into_iter().next();
@@ -382,7 +410,11 @@ impl Initiator {
         })?;
         let id = self.identify(f.mac, f.shelf, f.slot)?;
         let ours = aoe::max_sectors_for_mtu(self.sock.mtu);
-        let max_sectors = if f.sector_count == 0 { ours } else { ours.min(f.sector_count) };
+        let max_sectors = if f.sector_count == 0 {
+            ours
+        } else {
+            ours.min(f.sector_count)
+        };
         Ok(Device {
             mac: f.mac,
             shelf: f.shelf,
@@ -390,12 +422,21 @@ impl Initiator {
             sectors: id.sectors,
             lba48: id.lba48,
             max_sectors: max_sectors.max(1),
-            window: usize::from(f.buffer_count.max(1)).min(max_window).clamp(1, 255),
+            window: usize::from(f.buffer_count.max(1))
+                .min(max_window)
+                .clamp(1, 255),
         })
     }
 
     /// Splits `[lba, lba + len/512)` into frame-sized ops at `buf_off`.
-    pub fn split(dev: &Device, lba: u64, len: usize, write: bool, buf_off: usize, out: &mut Vec<Op>) {
+    pub fn split(
+        dev: &Device,
+        lba: u64,
+        len: usize,
+        write: bool,
+        buf_off: usize,
+        out: &mut Vec<Op>,
+    ) {
         let mut s = 0usize;
         let total = len / SECTOR_SIZE;
         while s < total {
@@ -454,7 +495,16 @@ impl Initiator {
                 let op = ops[next];
                 self.seq = self.seq.wrapping_add(1);
                 let tag = (self.seq << 8) | i as u32;
-                let n = build_ata(&mut frames[i], self.vlan, self.sock.mac, dev, tag, &op, ext, data);
+                let n = build_ata(
+                    &mut frames[i],
+                    self.vlan,
+                    self.sock.mac,
+                    dev,
+                    tag,
+                    &op,
+                    ext,
+                    data,
+                );
                 self.sock.send(&frames[i][..n])?;
                 *s = Slot {
                     op: Some(next),
@@ -600,28 +650,42 @@ fn build_ata(
     data: &[u8],
 ) -> usize {
     let len = usize::from(op.sectors) * SECTOR_SIZE;
-    let n = build(buf, vlan, src, dev.mac, dev.shelf, dev.slot, Command::Ata, tag, aoe::VERSION, |b| {
-        let mut a = AtaRepr {
-            aflags: if ext { aflags::EXTENDED } else { 0 } | if op.write { aflags::WRITE } else { 0 },
-            err_feature: 0,
-            sector_count: op.sectors,
-            cmd_status: match (op.write, ext) {
-                (false, false) => 0x20,
-                (false, true) => 0x24,
-                (true, false) => 0x30,
-                (true, true) => 0x34,
-            },
-            lba: [0; 6],
-        };
-        a.set_lba(op.lba, ext);
-        a.emit(&mut AtaPacket::new_unchecked(&mut *b)).expect("room for the ATA header");
-        if op.write {
-            b[ATA_HEADER_LEN..ATA_HEADER_LEN + len].copy_from_slice(&data[op.buf_off..op.buf_off + len]);
-            ATA_HEADER_LEN + len
-        } else {
-            ATA_HEADER_LEN
-        }
-    });
+    let n = build(
+        buf,
+        vlan,
+        src,
+        dev.mac,
+        dev.shelf,
+        dev.slot,
+        Command::Ata,
+        tag,
+        aoe::VERSION,
+        |b| {
+            let mut a = AtaRepr {
+                aflags: if ext { aflags::EXTENDED } else { 0 }
+                    | if op.write { aflags::WRITE } else { 0 },
+                err_feature: 0,
+                sector_count: op.sectors,
+                cmd_status: match (op.write, ext) {
+                    (false, false) => 0x20,
+                    (false, true) => 0x24,
+                    (true, false) => 0x30,
+                    (true, true) => 0x34,
+                },
+                lba: [0; 6],
+            };
+            a.set_lba(op.lba, ext);
+            a.emit(&mut AtaPacket::new_unchecked(&mut *b))
+                .expect("room for the ATA header");
+            if op.write {
+                b[ATA_HEADER_LEN..ATA_HEADER_LEN + len]
+                    .copy_from_slice(&data[op.buf_off..op.buf_off + len]);
+                ATA_HEADER_LEN + len
+            } else {
+                ATA_HEADER_LEN
+            }
+        },
+    );
     let l = buf.len();
     buf[l - 4..].copy_from_slice(&(n as u32).to_le_bytes());
     n

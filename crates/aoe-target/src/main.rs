@@ -65,7 +65,9 @@ fn build(args: &Args) -> anyhow::Result<Option<Config>> {
         if let Some(n) = args.buffer_count {
             t.buffer_count = n;
         }
-        config.targets.retain(|o| !(o.shelf == t.shelf && o.slot == t.slot));
+        config
+            .targets
+            .retain(|o| !(o.shelf == t.shelf && o.slot == t.slot));
         config.targets.push(t);
     }
     if let Some(n) = args.io_threads {
@@ -98,7 +100,8 @@ fn main() -> anyhow::Result<()> {
         }));
     }
     args.common.init_logging();
-    let config = build(&args)?.context("the site file has no [aoe] section and no flags were given")?;
+    let config =
+        build(&args)?.context("the site file has no [aoe] section and no flags were given")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

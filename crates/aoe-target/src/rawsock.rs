@@ -81,7 +81,10 @@ pub struct RecvMeta {
 
 fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
     }
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { zeroed() };
@@ -154,7 +157,8 @@ impl RawSocket {
         };
         if listen == Listen::AllVlans {
             sock.attach_aoe_filter().map_err(io_err)?;
-            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1).map_err(io_err)?;
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+                .map_err(io_err)?;
             // Our own transmissions would otherwise come back on ETH_P_ALL.
             // Older kernels lack the option; the receive path also checks the
             // packet type, so failure here costs only some wasted wakeups.
@@ -208,10 +212,30 @@ impl RawSocket {
         const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
         const RET_K: u16 = 0x06; // BPF_RET | BPF_K
         let mut prog = [
-            libc::sock_filter { code: LDH_ABS, jt: 0, jf: 0, k: 12 },
-            libc::sock_filter { code: JEQ_K, jt: 0, jf: 1, k: u32::from(ETHERTYPE_AOE) },
-            libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: 0x0004_0000 },
-            libc::sock_filter { code: RET_K, jt: 0, jf: 0, k: 0 },
+            libc::sock_filter {
+                code: LDH_ABS,
+                jt: 0,
+                jf: 0,
+                k: 12,
+            },
+            libc::sock_filter {
+                code: JEQ_K,
+                jt: 0,
+                jf: 1,
+                k: u32::from(ETHERTYPE_AOE),
+            },
+            libc::sock_filter {
+                code: RET_K,
+                jt: 0,
+                jf: 0,
+                k: 0x0004_0000,
+            },
+            libc::sock_filter {
+                code: RET_K,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
         ];
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
@@ -313,7 +337,10 @@ impl RawSocket {
             return Err(io::Error::last_os_error());
         }
         if from.sll_pkttype == PACKET_OUTGOING {
-            return Ok(RecvMeta { len: 0, vlan_tci: None });
+            return Ok(RecvMeta {
+                len: 0,
+                vlan_tci: None,
+            });
         }
         let mut vlan_tci = None;
         // SAFETY: walking the control messages the kernel wrote into `cbuf`
@@ -325,9 +352,7 @@ impl RawSocket {
                 if (*c).cmsg_level == SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
                     let aux: TpacketAuxdata =
                         std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const TpacketAuxdata);
-                    if aux.tp_status & TP_STATUS_VLAN_VALID != 0
-                        || aux.tp_vlan_tci != 0
-                    {
+                    if aux.tp_status & TP_STATUS_VLAN_VALID != 0 || aux.tp_vlan_tci != 0 {
                         vlan_tci = Some(aux.tp_vlan_tci);
                     }
                 }
@@ -351,7 +376,11 @@ impl RawSocket {
         self.recv_frame_with(buf, 0)
     }
 
-    fn recv_frame_with(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<std::ops::Range<usize>> {
+    fn recv_frame_with(
+        &self,
+        buf: &mut [u8],
+        flags: libc::c_int,
+    ) -> io::Result<std::ops::Range<usize>> {
         let m = self.recv_with(&mut buf[4..], flags)?;
         if m.len < 14 {
             return Ok(4..4);

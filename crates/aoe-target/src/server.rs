@@ -57,7 +57,11 @@ impl Devices {
             return Ok(a.device().clone());
         }
         if map.len() >= self.max_clients {
-            warn!(shelf = self.cfg.shelf, slot = self.cfg.slot, "too many clients with overlays");
+            warn!(
+                shelf = self.cfg.shelf,
+                slot = self.cfg.slot,
+                "too many clients with overlays"
+            );
             return Err(IoFailure::Media);
         }
         let key = mac_key(&client);
@@ -172,7 +176,9 @@ impl Server {
                 (Some(d), size)
             } else {
                 // Overlays have the base image's size; they are opened per
-                // client on first use.
+                // client on first use, in the target's own overlay directory.
+                std::fs::create_dir_all(&t.disk.overlay_dir)
+                    .map_err(|e| disk_err(anyboot_images::Error::Io(e)))?;
                 let size = std::fs::metadata(&t.disk.image)
                     .map_err(|e| disk_err(anyboot_images::Error::Io(e)))?
                     .len();
@@ -200,7 +206,10 @@ impl Server {
         }
         let ifaces = sockets
             .iter()
-            .map(|s| Iface { mac: s.mac, mtu: s.mtu })
+            .map(|s| Iface {
+                mac: s.mac,
+                mtu: s.mtu,
+            })
             .collect();
         let buf_len = sockets.iter().map(|s| s.mtu).max().unwrap_or(1500) + 64;
         let core = Core::new(CoreConfig { targets: infos }, ifaces);
@@ -320,7 +329,11 @@ fn serve_thread(shared: &Shared, iface: usize) {
             if let Err(e) = shared.sockets[io.iface].send(&frame[..n]) {
                 warn!(error = %e, "send failed");
             }
-            shared.core.lock().expect("core poisoned").io_done(io.target);
+            shared
+                .core
+                .lock()
+                .expect("core poisoned")
+                .io_done(io.target);
         }
     }
 }

@@ -714,8 +714,7 @@ impl<'a> ConfigRepr<'a> {
         if self.config.len() > MAX_CONFIG_STRING {
             return Err(Error::Malformed("config string longer than 1024 bytes"));
         }
-        if self.aoe_version > 0x0f || matches!(self.ccmd, ConfigCommand::Unknown(n) if n > 0x0f)
-        {
+        if self.aoe_version > 0x0f || matches!(self.ccmd, ConfigCommand::Unknown(n) if n > 0x0f) {
             return Err(Error::Malformed("AoE version and CCmd are 4-bit fields"));
         }
         buf[cfg_field::BUFFER_COUNT].copy_from_slice(&self.buffer_count.to_be_bytes());

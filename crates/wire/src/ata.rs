@@ -227,7 +227,10 @@ impl Identify {
         let chs = u32::from(cyl) * 16 * 63;
         put(word::CUR_CAPACITY, chs as u16);
         put(word::CUR_CAPACITY + 1, (chs >> 16) as u16);
-        put(word::MULTIPLE_SETTING, 0x0100 | u16::from(self.max_multiple));
+        put(
+            word::MULTIPLE_SETTING,
+            0x0100 | u16::from(self.max_multiple),
+        );
         let lba28 = self.sectors.min(LBA28_MAX_SECTORS) as u32;
         put(word::LBA28_SECTORS, lba28 as u16);
         put(word::LBA28_SECTORS + 1, (lba28 >> 16) as u16);
@@ -251,7 +254,10 @@ impl Identify {
         put(word::UDMA_MODES, 0x003f);
         let s = self.sectors.to_le_bytes();
         for i in 0..4 {
-            put(word::LBA48_SECTORS + i, u16::from_le_bytes([s[2 * i], s[2 * i + 1]]));
+            put(
+                word::LBA48_SECTORS + i,
+                u16::from_le_bytes([s[2 * i], s[2 * i + 1]]),
+            );
         }
         // Valid, one logical sector per physical sector, 512-byte sectors.
         put(word::SECTOR_SIZE_INFO, 0x4000);
@@ -280,7 +286,9 @@ impl Identify {
         // Like the Linux aoe driver: 48-bit if word 83 or 86 says so.
         let lba48 = (w83 | w86) & feature::LBA48 != 0;
         let sectors = if lba48 {
-            (0..4).fold(0u64, |a, i| a | u64::from(get(word::LBA48_SECTORS + i)) << (16 * i))
+            (0..4).fold(0u64, |a, i| {
+                a | u64::from(get(word::LBA48_SECTORS + i)) << (16 * i)
+            })
         } else {
             u64::from(get(word::LBA28_SECTORS)) | u64::from(get(word::LBA28_SECTORS + 1)) << 16
         };

@@ -247,7 +247,10 @@ impl Core {
     fn push_io(&mut self, io: IoRequest) {
         let t = &mut self.targets[io.target];
         if t.inflight >= t.info.buffer_count {
-            debug!(tag = io.aoe.tag, "all buffers busy: dropping (the initiator retransmits)");
+            debug!(
+                tag = io.aoe.tag,
+                "all buffers busy: dropping (the initiator retransmits)"
+            );
             return;
         }
         t.inflight += 1;
@@ -459,9 +462,7 @@ impl Core {
                     return;
                 }
                 let lba = a.lba();
-                let in_range = lba
-                    .checked_add(u64::from(n))
-                    .is_some_and(|end| end <= size);
+                let in_range = lba.checked_add(u64::from(n)).is_some_and(|end| end <= size);
                 if !in_range {
                     debug!(lba, sectors = n, size, "LBA out of range");
                     self.ata_status(req, t, a, status::DRDY | status::ERR, error_bits::IDNF, &[]);
@@ -471,7 +472,14 @@ impl Core {
                 let len = n as usize * SECTOR_SIZE;
                 if write {
                     if read_only {
-                        self.ata_status(req, t, a, status::DRDY | status::ERR, error_bits::ABRT, &[]);
+                        self.ata_status(
+                            req,
+                            t,
+                            a,
+                            status::DRDY | status::ERR,
+                            error_bits::ABRT,
+                            &[],
+                        );
                         return;
                     }
                     let data_at = req.arg_at + ATA_HEADER_LEN;
@@ -522,15 +530,7 @@ impl Core {
     }
 
     /// Queues an ATA reply with `status`/`error` registers and `data`.
-    fn ata_status(
-        &mut self,
-        req: &Req,
-        t: usize,
-        mut a: AtaRepr,
-        st: u8,
-        err: u8,
-        data: &[u8],
-    ) {
+    fn ata_status(&mut self, req: &Req, t: usize, mut a: AtaRepr, st: u8, err: u8, data: &[u8]) {
         a.cmd_status = st;
         a.err_feature = err;
         self.reply(req, t, None, ATA_HEADER_LEN + data.len(), |b| {
@@ -670,7 +670,9 @@ impl Core {
         let new_list = || (0..usize::from(r.nmacs)).filter_map(|i| p.mac(i)).collect();
         match r.rcmd {
             ReserveCommand::Read => {}
-            ReserveCommand::Set | ReserveCommand::ForceSet if usize::from(r.nmacs) > MAX_RESERVE => {
+            ReserveCommand::Set | ReserveCommand::ForceSet
+                if usize::from(r.nmacs) > MAX_RESERVE =>
+            {
                 self.error(req, t, ErrorCode::BadArgument);
                 return;
             }

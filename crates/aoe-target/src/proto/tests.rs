@@ -53,7 +53,15 @@ fn core() -> Core {
 }
 
 /// A request frame from `src`.
-fn request(src: Mac, vlan: Option<u16>, shelf: u16, slot: u8, cmd: u8, tag: u32, arg: &[u8]) -> Vec<u8> {
+fn request(
+    src: Mac,
+    vlan: Option<u16>,
+    shelf: u16,
+    slot: u8,
+    cmd: u8,
+    tag: u32,
+    arg: &[u8],
+) -> Vec<u8> {
     request_v(src, vlan, 1, shelf, slot, cmd, tag, arg)
 }
 
@@ -86,14 +94,16 @@ fn request_v(
         tag,
     };
     let at = eth.buffer_len();
-    h.emit(&mut aoe::Packet::new_unchecked(&mut f[at..])).unwrap();
+    h.emit(&mut aoe::Packet::new_unchecked(&mut f[at..]))
+        .unwrap();
     f[at + HEADER_LEN..].copy_from_slice(arg);
     f
 }
 
 fn ata_arg(cmd: u8, lba: u64, count: u8, ext: bool, data: &[u8]) -> Vec<u8> {
     let mut a = AtaRepr {
-        aflags: if ext { aflags::EXTENDED } else { 0 } | if data.is_empty() { 0 } else { aflags::WRITE },
+        aflags: if ext { aflags::EXTENDED } else { 0 }
+            | if data.is_empty() { 0 } else { aflags::WRITE },
         err_feature: 0,
         sector_count: count,
         cmd_status: cmd,
@@ -165,7 +175,11 @@ struct Reply {
 }
 
 fn parse(frame: &[u8]) -> Reply {
-    assert!(frame.len() >= 60, "frame of {} bytes is not padded", frame.len());
+    assert!(
+        frame.len() >= 60,
+        "frame of {} bytes is not padded",
+        frame.len()
+    );
     let (eth, at) = EthRepr::parse(frame).unwrap();
     let p = aoe::Packet::new_checked(&frame[at..]).unwrap();
     Reply {
@@ -180,14 +194,21 @@ fn ata_reply(r: &Reply) -> AtaRepr {
 }
 
 fn disk() -> Vec<u8> {
-    (0..SECTORS as usize * 512).map(|i| (i / 512) as u8 ^ (i % 251) as u8).collect()
+    (0..SECTORS as usize * 512)
+        .map(|i| (i / 512) as u8 ^ (i % 251) as u8)
+        .collect()
 }
 
 #[test]
 fn broadcast_query_config_is_answered_by_every_target_with_its_address() {
     let mut c = core();
     let mut d = disk();
-    let out = send(&mut c, &mut d, 0, &request(A, None, 0xffff, 0xff, 1, 77, &config_arg(0, b"")));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 0xffff, 0xff, 1, 77, &config_arg(0, b"")),
+    );
     assert_eq!(out.len(), 2);
     for (r, slot) in out.iter().map(|f| parse(f)).zip([1, 2]) {
         assert_eq!(r.eth.dst, A);
@@ -203,7 +224,12 @@ fn broadcast_query_config_is_answered_by_every_target_with_its_address() {
         assert_eq!(q.aoe_version, 1);
     }
     // Slot wildcard on shelf 1 only; jumbo interface reports 17 sectors.
-    let out = send(&mut c, &mut d, 1, &request(A, None, 1, 0xff, 1, 78, &config_arg(0, b"")));
+    let out = send(
+        &mut c,
+        &mut d,
+        1,
+        &request(A, None, 1, 0xff, 1, 78, &config_arg(0, b"")),
+    );
     assert_eq!(out.len(), 2);
     let r = parse(&out[0]);
     let q = ConfigRepr::parse(&ConfigPacket::new_checked(&r.arg[..]).unwrap()).unwrap();
@@ -214,8 +240,20 @@ fn broadcast_query_config_is_answered_by_every_target_with_its_address() {
 fn wrong_shelf_or_slot_gets_no_answer() {
     let mut c = core();
     let mut d = disk();
-    assert!(send(&mut c, &mut d, 0, &request(A, None, 2, 1, 1, 1, &config_arg(0, b""))).is_empty());
-    assert!(send(&mut c, &mut d, 0, &request(A, None, 1, 9, 0, 1, &ata_arg(0xec, 0, 1, false, &[]))).is_empty());
+    assert!(send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 2, 1, 1, 1, &config_arg(0, b""))
+    )
+    .is_empty());
+    assert!(send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 9, 0, 1, &ata_arg(0xec, 0, 1, false, &[]))
+    )
+    .is_empty());
 }
 
 #[test]
@@ -227,14 +265,27 @@ fn unknown_command_and_version_get_error_replies() {
     assert_eq!(r.hdr.error, Some(ErrorCode::UnrecognizedCommand));
     assert_eq!(r.hdr.command, Command::Unknown(9));
     assert_eq!(r.hdr.tag, 5);
-    let out = send(&mut c, &mut d, 0, &request_v(A, None, 2, 1, 1, 1, 6, &config_arg(0, b"")));
-    assert_eq!(parse(&out[0]).hdr.error, Some(ErrorCode::UnsupportedVersion));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request_v(A, None, 2, 1, 1, 1, 6, &config_arg(0, b"")),
+    );
+    assert_eq!(
+        parse(&out[0]).hdr.error,
+        Some(ErrorCode::UnsupportedVersion)
+    );
     // Responses are never answered.
     let mut f = request(A, None, 1, 1, 1, 7, &config_arg(0, b""));
     f[14] |= 0x08;
     assert!(send(&mut c, &mut d, 0, &f).is_empty());
     // Truncated ATA argument: bad argument.
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 8, &[0x40, 0, 1]));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 0, 8, &[0x40, 0, 1]),
+    );
     assert_eq!(parse(&out[0]).hdr.error, Some(ErrorCode::BadArgument));
 }
 
@@ -244,21 +295,36 @@ fn reads_and_writes_lba28_and_lba48() {
     let mut d = disk();
     let orig = d.clone();
     // LBA28 READ SECTORS of 2 sectors at 10.
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 1, &ata_arg(0x20, 10, 2, false, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 0, 1, &ata_arg(0x20, 10, 2, false, &[])),
+    );
     let r = parse(&out[0]);
     let a = ata_reply(&r);
     assert_eq!(a.cmd_status, status::DRDY);
     assert_eq!(&r.arg[ATA_HEADER_LEN..], &orig[10 * 512..12 * 512]);
     // LBA48 WRITE SECTORS EXT at 62.
     let data: Vec<u8> = (0..1024).map(|i| (i * 7) as u8).collect();
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 2, &ata_arg(0x34, 62, 2, true, &data)));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 0, 2, &ata_arg(0x34, 62, 2, true, &data)),
+    );
     let r = parse(&out[0]);
     assert_eq!(ata_reply(&r).cmd_status, status::DRDY);
     assert_eq!(r.hdr.tag, 2);
     assert_eq!(&d[62 * 512..], &data[..]);
     assert_eq!(&d[..62 * 512], &orig[..62 * 512]);
     // READ DMA EXT reads it back on the jumbo interface, 17 sectors at once.
-    let out = send(&mut c, &mut d, 1, &request(A, None, 1, 1, 0, 3, &ata_arg(0x25, 47, 17, true, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        1,
+        &request(A, None, 1, 1, 0, 3, &ata_arg(0x25, 47, 17, true, &[])),
+    );
     let r = parse(&out[0]);
     assert_eq!(ata_reply(&r).cmd_status, status::DRDY);
     assert_eq!(&r.arg[ATA_HEADER_LEN..], &d[47 * 512..64 * 512]);
@@ -271,7 +337,10 @@ fn bounds_are_ata_errors_and_never_reach_storage() {
     let cases: [(Vec<u8>, u8); 5] = [
         // Past the end.
         (ata_arg(0x24, SECTORS - 1, 2, true, &[]), error_bits::IDNF),
-        (ata_arg(0x24, u64::from(u32::MAX) << 16, 1, true, &[]), error_bits::IDNF),
+        (
+            ata_arg(0x24, u64::from(u32::MAX) << 16, 1, true, &[]),
+            error_bits::IDNF,
+        ),
         // More sectors than a 1500-byte frame carries.
         (ata_arg(0x20, 0, 3, false, &[]), error_bits::ABRT),
         // Zero sectors of an EXT command.
@@ -290,11 +359,24 @@ fn bounds_are_ata_errors_and_never_reach_storage() {
         assert_eq!(a.err_feature, err);
     }
     // A write to the read-only target is aborted.
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 2, 0, 1, &ata_arg(0x30, 0, 1, false, &[1; 512])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 2, 0, 1, &ata_arg(0x30, 0, 1, false, &[1; 512])),
+    );
     let a = ata_reply(&parse(&out[0]));
-    assert_eq!((a.cmd_status, a.err_feature), (status::DRDY | status::ERR, error_bits::ABRT));
+    assert_eq!(
+        (a.cmd_status, a.err_feature),
+        (status::DRDY | status::ERR, error_bits::ABRT)
+    );
     // A write frame announcing more data than it carries: bad argument.
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 1, &ata_arg(0x30, 0, 2, false, &[1; 512])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 0, 1, &ata_arg(0x30, 0, 2, false, &[1; 512])),
+    );
     assert_eq!(parse(&out[0]).hdr.error, Some(ErrorCode::BadArgument));
     assert_eq!(d, disk());
 }
@@ -302,12 +384,20 @@ fn bounds_are_ata_errors_and_never_reach_storage() {
 #[test]
 fn storage_failures_become_ata_errors() {
     let mut c = core();
-    c.handle(0, &request(A, None, 1, 1, 0, 4, &ata_arg(0x24, 0, 1, true, &[])));
-    let Some(Output::Io(io)) = c.poll_output() else { panic!() };
+    c.handle(
+        0,
+        &request(A, None, 1, 1, 0, 4, &ata_arg(0x24, 0, 1, true, &[])),
+    );
+    let Some(Output::Io(io)) = c.poll_output() else {
+        panic!()
+    };
     let mut buf = vec![0u8; io.reply_len()];
     let n = io.complete(Err(IoFailure::Media), &mut buf);
     let a = ata_reply(&parse(&buf[..n]));
-    assert_eq!((a.cmd_status, a.err_feature), (status::DRDY | status::ERR, error_bits::UNC));
+    assert_eq!(
+        (a.cmd_status, a.err_feature),
+        (status::DRDY | status::ERR, error_bits::UNC)
+    );
     assert_eq!(n, 60);
 }
 
@@ -336,7 +426,12 @@ fn requests_beyond_the_buffer_count_are_dropped_until_one_completes() {
 fn identify_describes_the_disk() {
     let mut c = core();
     let mut d = disk();
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 1, &ata_arg(0xec, 0, 1, false, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 0, 1, &ata_arg(0xec, 0, 1, false, &[])),
+    );
     let r = parse(&out[0]);
     assert_eq!(ata_reply(&r).cmd_status, status::DRDY);
     let id = Identify::parse(&r.arg[ATA_HEADER_LEN..]).unwrap();
@@ -350,11 +445,21 @@ fn identify_describes_the_disk() {
 #[test]
 fn flush_and_check_power_mode() {
     let mut c = core();
-    c.handle(0, &request(A, None, 1, 1, 0, 1, &ata_arg(0xea, 0, 0, true, &[])));
-    let Some(Output::Io(io)) = c.poll_output() else { panic!() };
+    c.handle(
+        0,
+        &request(A, None, 1, 1, 0, 1, &ata_arg(0xea, 0, 0, true, &[])),
+    );
+    let Some(Output::Io(io)) = c.poll_output() else {
+        panic!()
+    };
     assert_eq!(io.op, IoOp::Flush);
     let mut d = disk();
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 2, &ata_arg(0xe5, 0, 0, false, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 0, 2, &ata_arg(0xe5, 0, 0, false, &[])),
+    );
     let a = ata_reply(&parse(&out[0]));
     assert_eq!((a.cmd_status, a.sector_count), (status::DRDY, 0xff));
 }
@@ -368,7 +473,10 @@ fn config_string_sub_commands() {
     };
     let cfg_of = |f: &Vec<u8>| {
         let r = parse(f);
-        let s = ConfigRepr::parse(&ConfigPacket::new_checked(&r.arg[..]).unwrap()).unwrap().config.to_vec();
+        let s = ConfigRepr::parse(&ConfigPacket::new_checked(&r.arg[..]).unwrap())
+            .unwrap()
+            .config
+            .to_vec();
         (r.hdr.error, s)
     };
     // Test exact / prefix on the empty string.
@@ -378,7 +486,10 @@ fn config_string_sub_commands() {
     assert_eq!(cfg_of(&out[0]), (None, b"host=pc1".to_vec()));
     // Set again: config string present, the old string stays.
     let out = q(&mut c, &mut d, 3, b"host=pc2");
-    assert_eq!(cfg_of(&out[0]), (Some(ErrorCode::ConfigStringPresent), b"host=pc1".to_vec()));
+    assert_eq!(
+        cfg_of(&out[0]),
+        (Some(ErrorCode::ConfigStringPresent), b"host=pc1".to_vec())
+    );
     assert_eq!(c.config_string(0), b"host=pc1");
     assert_eq!(q(&mut c, &mut d, 1, b"host=pc1").len(), 1);
     assert!(q(&mut c, &mut d, 1, b"host=pc").is_empty());
@@ -406,7 +517,14 @@ fn mask_arg(mcmd: u8, dirs: &[(u8, Mac)]) -> Vec<u8> {
     r.emit(&mut v).unwrap();
     let mut p = MaskPacket::new_unchecked(&mut v[..]);
     for (i, (d, m)) in dirs.iter().enumerate() {
-        p.set_directive(i, Directive { dcmd: (*d).into(), mac: *m }).unwrap();
+        p.set_directive(
+            i,
+            Directive {
+                dcmd: (*d).into(),
+                mac: *m,
+            },
+        )
+        .unwrap();
     }
     v
 }
@@ -415,40 +533,95 @@ fn mask_reply(f: &[u8]) -> (MaskError, Vec<Mac>) {
     let r = parse(f);
     let p = MaskPacket::new_checked(&r.arg[..]).unwrap();
     let m = MaskRepr::parse(&p).unwrap();
-    (m.merror, (0..usize::from(m.dir_count)).map(|i| p.directive(i).unwrap().mac).collect())
+    (
+        m.merror,
+        (0..usize::from(m.dir_count))
+            .map(|i| p.directive(i).unwrap().mac)
+            .collect(),
+    )
 }
 
 #[test]
 fn mac_mask_list_is_edited_and_enforced() {
     let mut c = core();
     let mut d = disk();
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 2, 1, &mask_arg(1, &[(1, A)])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 2, 1, &mask_arg(1, &[(1, A)])),
+    );
     assert_eq!(mask_reply(&out[0]), (MaskError::None, vec![A]));
     // B is now ignored on every command, A still served.
-    for (cmd, arg) in [(0u8, ata_arg(0xec, 0, 1, false, &[])), (1, config_arg(0, b"")), (2, mask_arg(0, &[]))] {
+    for (cmd, arg) in [
+        (0u8, ata_arg(0xec, 0, 1, false, &[])),
+        (1, config_arg(0, b"")),
+        (2, mask_arg(0, &[])),
+    ] {
         assert!(send(&mut c, &mut d, 0, &request(B, None, 1, 1, cmd, 1, &arg)).is_empty());
-        assert_eq!(send(&mut c, &mut d, 0, &request(A, None, 1, 1, cmd, 1, &arg)).len(), 1);
+        assert_eq!(
+            send(&mut c, &mut d, 0, &request(A, None, 1, 1, cmd, 1, &arg)).len(),
+            1
+        );
     }
     // The other target has its own (empty) list.
-    assert_eq!(send(&mut c, &mut d, 0, &request(B, None, 1, 2, 1, 1, &config_arg(0, b""))).len(), 1);
+    assert_eq!(
+        send(
+            &mut c,
+            &mut d,
+            0,
+            &request(B, None, 1, 2, 1, 1, &config_arg(0, b""))
+        )
+        .len(),
+        1
+    );
     // A bad directive stops the edit where it is.
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 2, 1, &mask_arg(1, &[(1, B), (7, B), (2, A)])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 2, 1, &mask_arg(1, &[(1, B), (7, B), (2, A)])),
+    );
     assert_eq!(mask_reply(&out[0]), (MaskError::BadDirective, vec![A, B]));
     // Delete both: open to everyone again.
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 2, 1, &mask_arg(1, &[(2, A), (2, B)])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 2, 1, &mask_arg(1, &[(2, A), (2, B)])),
+    );
     assert_eq!(mask_reply(&out[0]), (MaskError::None, vec![]));
-    assert_eq!(send(&mut c, &mut d, 0, &request(B, None, 1, 1, 1, 1, &config_arg(0, b""))).len(), 1);
+    assert_eq!(
+        send(
+            &mut c,
+            &mut d,
+            0,
+            &request(B, None, 1, 1, 1, 1, &config_arg(0, b""))
+        )
+        .len(),
+        1
+    );
     // The list is bounded.
-    let many: Vec<(u8, Mac)> = (0..=MAX_MASKS as u8).map(|i| (1, [2, 0, 0, 0, 1, i])).collect();
+    let many: Vec<(u8, Mac)> = (0..=MAX_MASKS as u8)
+        .map(|i| (1, [2, 0, 0, 0, 1, i]))
+        .collect();
     let mut with_a = vec![(1, A)];
     with_a.extend(many);
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 2, 1, &mask_arg(1, &with_a)));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 2, 1, &mask_arg(1, &with_a)),
+    );
     let (e, list) = mask_reply(&out[0]);
     assert_eq!((e, list.len()), (MaskError::ListFull, MAX_MASKS));
 }
 
 fn reserve_arg(rcmd: u8, macs: &[Mac]) -> Vec<u8> {
-    let r = ReserveRepr { rcmd: rcmd.into(), nmacs: macs.len() as u8 };
+    let r = ReserveRepr {
+        rcmd: rcmd.into(),
+        nmacs: macs.len() as u8,
+    };
     let mut v = vec![0u8; r.buffer_len()];
     r.emit(&mut v).unwrap();
     let mut p = ReservePacket::new_unchecked(&mut v[..]);
@@ -462,14 +635,22 @@ fn reserve_reply(f: &[u8]) -> (Option<ErrorCode>, Vec<Mac>) {
     let r = parse(f);
     let p = ReservePacket::new_checked(&r.arg[..]).unwrap();
     let n = ReserveRepr::parse(&p).unwrap().nmacs;
-    (r.hdr.error, (0..usize::from(n)).map(|i| p.mac(i).unwrap()).collect())
+    (
+        r.hdr.error,
+        (0..usize::from(n)).map(|i| p.mac(i).unwrap()).collect(),
+    )
 }
 
 #[test]
 fn reserve_release_is_enforced() {
     let mut c = core();
     let mut d = disk();
-    let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 3, 1, &reserve_arg(1, &[A])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, None, 1, 1, 3, 1, &reserve_arg(1, &[A])),
+    );
     assert_eq!(reserve_reply(&out[0]), (None, vec![A]));
     // B's ATA commands get "target reserved"; A's work.
     let read = ata_arg(0x24, 0, 1, true, &[]);
@@ -478,17 +659,40 @@ fn reserve_release_is_enforced() {
     let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 1, &read));
     assert_eq!(parse(&out[0]).hdr.error, None);
     // B cannot take it over with Set, and Read shows the holder.
-    let out = send(&mut c, &mut d, 0, &request(B, None, 1, 1, 3, 1, &reserve_arg(1, &[B])));
-    assert_eq!(reserve_reply(&out[0]), (Some(ErrorCode::TargetReserved), vec![A]));
-    let out = send(&mut c, &mut d, 0, &request(B, None, 1, 1, 3, 1, &reserve_arg(0, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(B, None, 1, 1, 3, 1, &reserve_arg(1, &[B])),
+    );
+    assert_eq!(
+        reserve_reply(&out[0]),
+        (Some(ErrorCode::TargetReserved), vec![A])
+    );
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(B, None, 1, 1, 3, 1, &reserve_arg(0, &[])),
+    );
     assert_eq!(reserve_reply(&out[0]), (None, vec![A]));
     // Force set by B works; then A is locked out.
-    let out = send(&mut c, &mut d, 0, &request(B, None, 1, 1, 3, 1, &reserve_arg(2, &[B])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(B, None, 1, 1, 3, 1, &reserve_arg(2, &[B])),
+    );
     assert_eq!(reserve_reply(&out[0]), (None, vec![B]));
     let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 1, &read));
     assert_eq!(parse(&out[0]).hdr.error, Some(ErrorCode::TargetReserved));
     // B releases (set to empty); A works again.
-    let out = send(&mut c, &mut d, 0, &request(B, None, 1, 1, 3, 1, &reserve_arg(1, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(B, None, 1, 1, 3, 1, &reserve_arg(1, &[])),
+    );
     assert_eq!(reserve_reply(&out[0]), (None, vec![]));
     let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 1, &read));
     assert_eq!(parse(&out[0]).hdr.error, None);
@@ -499,10 +703,28 @@ fn reserve_release_is_enforced() {
 fn vlan_tag_is_kept_in_replies_and_short_replies_are_padded() {
     let mut c = core();
     let mut d = disk();
-    let out = send(&mut c, &mut d, 0, &request(A, Some(0x0005), 1, 1, 0, 1, &ata_arg(0xe5, 0, 0, false, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(
+            A,
+            Some(0x0005),
+            1,
+            1,
+            0,
+            1,
+            &ata_arg(0xe5, 0, 0, false, &[]),
+        ),
+    );
     assert_eq!(out[0].len(), 60);
     assert_eq!(parse(&out[0]).eth.vlan_tci, Some(5));
-    let out = send(&mut c, &mut d, 0, &request(A, Some(0x0005), 1, 1, 0, 1, &ata_arg(0x24, 3, 2, true, &[])));
+    let out = send(
+        &mut c,
+        &mut d,
+        0,
+        &request(A, Some(0x0005), 1, 1, 0, 1, &ata_arg(0x24, 3, 2, true, &[])),
+    );
     let r = parse(&out[0]);
     assert_eq!(r.eth.vlan_tci, Some(5));
     assert_eq!(out[0].len(), 18 + HEADER_LEN + ATA_HEADER_LEN + 1024);
