@@ -16,7 +16,7 @@ use anyboot_wire::aoe::{
 };
 use anyboot_wire::ata::{status, Identify, SECTOR_SIZE};
 
-use crate::rawsock::{Listen, RawSocket, SocketError};
+use crate::rawsock::{Listen, RawSocket, SocketError, BATCH};
 
 /// Errors of the initiator.
 #[derive(Debug, thiserror::Error)]
@@ -482,82 +482,50 @@ impl Initiator {
             window
         ];
         let mut frames: Vec<Vec<u8>> = (0..window).map(|_| vec![0u8; self.sock.mtu + 64]).collect();
+        let mut rxb: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; self.sock.mtu + 64]).collect();
+        let mut ranges = vec![0..0; BATCH];
+        let mut fresh = Vec::with_capacity(window);
         let mut next = 0usize;
         let mut done = 0usize;
         let mut last_check = now;
         let ext = dev.lba48;
         while done < ops.len() {
-            // Fill free slots.
+            // Fill free slots, then send all new frames with batched sends.
+            fresh.clear();
+            let now = Instant::now();
             for (i, s) in slots.iter_mut().enumerate() {
                 if s.op.is_some() || next >= ops.len() {
                     continue;
                 }
-                let op = ops[next];
                 self.seq = self.seq.wrapping_add(1);
                 let tag = (self.seq << 8) | i as u32;
-                let n = build_ata(
-                    &mut frames[i],
-                    self.vlan,
-                    self.sock.mac,
-                    dev,
-                    tag,
-                    &op,
-                    ext,
-                    data,
-                );
-                self.sock.send(&frames[i][..n])?;
+                build_ata(&mut frames[i], self.vlan, self.sock.mac, dev, tag, &ops[next], ext, data);
                 *s = Slot {
                     op: Some(next),
                     tag,
-                    sent: Instant::now(),
+                    sent: now,
                     tries: 1,
                 };
+                fresh.push(i);
                 next += 1;
             }
-            // Take one answer (one system call while the window is full), or
-            // retransmit what timed out.
-            let r = if next < ops.len() && slots.iter().any(|s| s.op.is_none()) {
-                self.sock.recv_frame(&mut self.rx)
-            } else {
-                self.sock.recv_frame_blocking(&mut self.rx)
-            };
-            match r {
-                Ok(range) if !range.is_empty() => {
-                    let f = &self.rx[range];
-                    let Some((tag, hdr_err, ata_at)) = check_ata_response(f, dev, self.vlan) else {
-                        continue;
-                    };
-                    let i = (tag & 0xff) as usize;
-                    let Some(s) = slots.get_mut(i) else { continue };
-                    if s.tag != tag || s.op.is_none() {
-                        continue; // a late answer to a retransmitted frame
-                    }
-                    let op = ops[s.op.expect("checked")];
-                    if let Some(e) = hdr_err {
-                        return Err(InitiatorError::Aoe(e));
-                    }
-                    let p = AtaPacket::new_unchecked(&f[ata_at..]);
-                    let st = p.cmd_status();
-                    if st & (status::ERR | status::DF | status::BSY | status::DRQ) != 0 {
-                        return Err(InitiatorError::Ata {
-                            status: st,
-                            error: p.err_feature(),
-                            lba: op.lba,
-                        });
-                    }
-                    if !op.write {
-                        let len = usize::from(op.sectors) * SECTOR_SIZE;
-                        let d = p.data();
-                        if d.len() < len {
-                            return Err(InitiatorError::Protocol("read response lacks data"));
+            if !fresh.is_empty() {
+                self.sock
+                    .send_frames(fresh.iter().map(|&i| &frames[i][..frame_len(&frames[i])]))?;
+            }
+            // The window is full (or nothing is left to send): wait for
+            // answers, taking every queued one with one system call.
+            match self.sock.recv_frames(&mut rxb, &mut ranges, true) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let f = &rxb[i][ranges[i].clone()];
+                        if absorb(f, dev, self.vlan, &mut slots, ops, data)? {
+                            done += 1;
                         }
-                        data[op.buf_off..op.buf_off + len].copy_from_slice(&d[..len]);
                     }
-                    s.op = None;
-                    done += 1;
                 }
-                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
             // Retransmit what timed out (checked every few milliseconds, also
@@ -586,6 +554,52 @@ impl Initiator {
         }
         Ok(())
     }
+}
+
+/// Takes one received frame: if it answers an outstanding slot, checks it,
+/// copies read data into `data`, frees the slot and returns `true`.
+fn absorb(
+    f: &[u8],
+    dev: &Device,
+    vlan: Option<u16>,
+    slots: &mut [Slot],
+    ops: &[Op],
+    data: &mut [u8],
+) -> Result<bool, InitiatorError> {
+    if f.is_empty() {
+        return Ok(false);
+    }
+    let Some((tag, hdr_err, ata_at)) = check_ata_response(f, dev, vlan) else {
+        return Ok(false);
+    };
+    let Some(s) = slots.get_mut((tag & 0xff) as usize) else {
+        return Ok(false);
+    };
+    let Some(op) = s.op.filter(|_| s.tag == tag).map(|i| ops[i]) else {
+        return Ok(false); // a late answer to a retransmitted frame
+    };
+    if let Some(e) = hdr_err {
+        return Err(InitiatorError::Aoe(e));
+    }
+    let p = AtaPacket::new_unchecked(&f[ata_at..]);
+    let st = p.cmd_status();
+    if st & (status::ERR | status::DF | status::BSY | status::DRQ) != 0 {
+        return Err(InitiatorError::Ata {
+            status: st,
+            error: p.err_feature(),
+            lba: op.lba,
+        });
+    }
+    if !op.write {
+        let len = usize::from(op.sectors) * SECTOR_SIZE;
+        let d = p.data();
+        if d.len() < len {
+            return Err(InitiatorError::Protocol("read response lacks data"));
+        }
+        data[op.buf_off..op.buf_off + len].copy_from_slice(&d[..len]);
+    }
+    s.op = None;
+    Ok(true)
 }
 
 /// Writes a request frame into `buf`; `fill` writes the argument and returns
