@@ -499,7 +499,16 @@ impl Initiator {
                 }
                 self.seq = self.seq.wrapping_add(1);
                 let tag = (self.seq << 8) | i as u32;
-                build_ata(&mut frames[i], self.vlan, self.sock.mac, dev, tag, &ops[next], ext, data);
+                build_ata(
+                    &mut frames[i],
+                    self.vlan,
+                    self.sock.mac,
+                    dev,
+                    tag,
+                    &ops[next],
+                    ext,
+                    data,
+                );
                 *s = Slot {
                     op: Some(next),
                     tag,

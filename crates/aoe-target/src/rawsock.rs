@@ -21,7 +21,6 @@ const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const PACKET_OUTGOING: u8 = 4;
-const PACKET_QDISC_BYPASS: libc::c_int = 20;
 
 /// Most frames one batched receive or send handles.
 pub const BATCH: usize = 16;
@@ -189,13 +188,6 @@ impl RawSocket {
             return Err(io_err(io::Error::last_os_error()));
         }
         Ok(sock)
-    }
-
-    /// Sends straight to the driver, skipping the queueing discipline. Cheaper
-    /// per frame, but such frames are invisible to packet captures on this
-    /// host (tcpdump/tshark see only the other direction).
-    pub fn set_qdisc_bypass(&self, on: bool) -> io::Result<()> {
-        self.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, libc::c_int::from(on))
     }
 
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
@@ -476,6 +468,7 @@ impl RawSocket {
                     iov_base: f.as_ptr() as *mut libc::c_void,
                     iov_len: f.len(),
                 };
+                // SAFETY: mmsghdr is plain old data; zero is valid.
                 hdrs[n] = unsafe { zeroed() };
                 hdrs[n].msg_hdr.msg_iov = &mut iov[n];
                 hdrs[n].msg_hdr.msg_iovlen = 1;
