@@ -552,6 +552,64 @@ fn reserve(lab: &Lab, ini: &mut Initiator, dev: &Device) {
     assert_eq!((h.cmd_status, data.len()), (status::DRDY, 512));
 }
 
+/// Runs an aoetools program inside the initiator namespace.
+fn aoetool(lab: &Lab, tool: &str, args: &[&str]) -> String {
+    let path = require(tool, "aoetools");
+    let out = run(lab.ini.command("timeout").arg("10").arg(path).args(args));
+    assert!(out.status.success(), "{tool} {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn aoetools_clients_talk_to_our_target() {
+    let lab = lab("aoet", 1500);
+    let image_path = lab.dir.path().join("disk.raw");
+    make_image(&image_path);
+    let target = lab.ours(&["--target", &format!("4.2={}", image_path.display())]);
+    let i = lab.ini_if.as_str();
+    // aoeping: Query Config, then IDENTIFY with the fields decoded.
+    let start = Instant::now();
+    let out = loop {
+        let out = run(lab
+            .ini
+            .command(require("aoeping", "aoetools"))
+            .args(["-I", "-s", "1", "4", "2", i]));
+        if out.status.success() || start.elapsed() > Duration::from_secs(10) {
+            break out;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "aoeping failed: {out:?}");
+    assert!(text.contains("serial_number: anyboot-4.2"), "{text}");
+    assert!(text.contains("model: anyboot AoE target"), "{text}");
+    assert!(text.contains("firmware_rev: 0100"), "{text}");
+    // aoecfg: every config string sub-command.
+    let cfg = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["-t", "1", "4", "2", i]);
+        aoetool(&lab, "aoecfg", &a)
+    };
+    assert_eq!(cfg(&["-c", "read"]).trim(), "");
+    assert_eq!(cfg(&["-c", "set", "-s", "pc7"]).trim(), "pc7");
+    assert_eq!(
+        cfg(&["-c", "set", "-s", "pc8"]).trim(),
+        "*badcfg*",
+        "set over a string must fail"
+    );
+    assert_eq!(cfg(&["-c", "test", "-s", "pc7"]).trim(), "pc7");
+    assert_eq!(
+        cfg(&["-c", "test", "-s", "pc"]).trim(),
+        "",
+        "inexact test must get no answer"
+    );
+    assert_eq!(cfg(&["-c", "prefix", "-s", "pc"]).trim(), "pc7");
+    assert_eq!(cfg(&["-c", "fset", "-s", "pc9"]).trim(), "pc9");
+    // Broadcast discovery lists the target with its string.
+    let all = aoetool(&lab, "aoecfg", &["-t", "1", i]);
+    assert!(all.contains("4.2\tpc9"), "{all}");
+    target.stop();
+}
+
 #[test]
 fn jumbo_frames_carry_more_sectors_and_vlan_tags_are_honoured() {
     let lab = lab("aoej", 9000);
