@@ -178,3 +178,63 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let site = Site::from_toml_str(text, Path::new("/etc/anyboot/site.toml"))?;
+        Config::from_site(&site)
+    }
+
+    #[test]
+    fn site_section_becomes_targets() {
+        let c = load(
+            "[site]\nstate_dir = \"/var/lib/ab\"\n\
+             [[image]]\nname = \"base\"\npath = \"img/base.raw\"\n\
+             [aoe]\ninterfaces = [\"eth0\", \"eth1\"]\nbuffer_count = 32\n\
+             [[aoe.target]]\nshelf = 1\nslot = 1\nimage = \"base\"\ndisk = \"throwaway\"\n\
+             config_string = \"x\"\nallowed_macs = [\"52:54:00:00:00:01\"]\n\
+             [[aoe.target]]\nshelf = 1\nslot = 2\npath = \"/srv/d.raw\"\nread_only = true\nbuffer_count = 4\n",
+        )
+        .unwrap();
+        assert_eq!(c.interfaces, ["eth0", "eth1"]);
+        assert_eq!(c.io_threads, 2);
+        let t = &c.targets[0];
+        assert_eq!(t.disk.image, Path::new("/etc/anyboot/img/base.raw"));
+        assert_eq!(t.disk.mode, DiskMode::Throwaway);
+        assert_eq!(t.disk.overlay_dir, Path::new("/var/lib/ab/aoe/1.1"));
+        assert_eq!((t.buffer_count, t.config_string.as_str()), (32, "x"));
+        assert_eq!(t.allowed_macs, vec![[0x52, 0x54, 0, 0, 0, 1]]);
+        let t = &c.targets[1];
+        assert_eq!(t.disk.mode, DiskMode::Shared);
+        assert!(t.disk.read_only);
+        assert_eq!(t.buffer_count, 4);
+    }
+
+    #[test]
+    fn problems_name_their_key() {
+        let base = "[aoe]\ninterfaces = [\"eth0\"]\n";
+        let e = load(&format!(
+            "{base}[[aoe.target]]\nshelf = 2\nslot = 3\npath = \"/a\"\n\
+             [[aoe.target]]\nshelf = 2\nslot = 3\npath = \"/b\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "aoe.target[1]");
+        let long = "y".repeat(1025);
+        let e = load(&format!(
+            "{base}[[aoe.target]]\nshelf = 2\nslot = 3\npath = \"/a\"\nconfig_string = \"{long}\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "aoe.target[0].config_string");
+        let e = load("[aoe]\ninterfaces = []\n").unwrap_err();
+        assert_eq!(e.key, "aoe.interfaces");
+        let e = load(&format!("{base}io_threads = 0\n")).unwrap_err();
+        assert_eq!(e.key, "aoe.io_threads");
+        let e = load("[tftpd]\nroot = \"/x\"\n").unwrap_err();
+        assert_eq!(e.key, "aoe");
+    }
+}
