@@ -65,6 +65,24 @@ fn attach(ini: &mut Initiator, shelf: u16, slot: u8) -> Result<Device> {
     }
 }
 
+/// Bytes all of `measure`'s passes move.
+fn bytes_moved() -> f64 {
+    (3 * DISK_BYTES + RANDOM_OPS * 4096) as f64
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
 /// (seq read MB/s, seq write MB/s, random 4 KiB read IOPS)
 fn measure(ini: &mut Initiator, dev: &Device) -> Result<(f64, f64, f64)> {
     let mut buf = vec![0u8; DISK_BYTES];
@@ -103,7 +121,10 @@ fn measure(ini: &mut Initiator, dev: &Device) -> Result<(f64, f64, f64)> {
     Ok((read, write, iops))
 }
 
-fn run_one(lab: &Lab, image: &Path, ours: bool, logdir: &Path) -> Result<(f64, f64, f64)> {
+/// (seq read MB/s, seq write MB/s, random IOPS, MB moved per target CPU second)
+type Figures = (f64, f64, f64, f64);
+
+fn run_one(lab: &Lab, image: &Path, ours: bool, logdir: &Path) -> Result<Figures> {
     let mut d = if ours {
         let mut cmd = lab.tgt.command(release_bin("anyboot-aoe-target")?);
         cmd.args([
@@ -129,9 +150,13 @@ fn run_one(lab: &Lab, image: &Path, ours: bool, logdir: &Path) -> Result<(f64, f
         dev.max_sectors,
         dev.window
     );
+    // `ip netns exec` execs the target, so the daemon's PID is the target's.
+    let cpu0 = cpu_seconds(d.pid())?;
     let r = measure(&mut ini, &dev);
+    let cpu = cpu_seconds(d.pid())? - cpu0;
     d.stop_with(libc::SIGTERM, Duration::from_secs(5));
-    r
+    let (a, b, c) = r?;
+    Ok((a, b, c, bytes_moved() / 1e6 / cpu.max(0.01)))
 }
 
 /// Alternating runs per target and MTU.
@@ -142,11 +167,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn medians(runs: &[(f64, f64, f64)]) -> (f64, f64, f64) {
+fn medians(runs: &[Figures]) -> Figures {
     (
         median(runs.iter().map(|r| r.0).collect()),
         median(runs.iter().map(|r| r.1).collect()),
         median(runs.iter().map(|r| r.2).collect()),
+        median(runs.iter().map(|r| r.3).collect()),
     )
 }
 
@@ -176,6 +202,7 @@ fn main() -> Result<()> {
             ("seq read MB/s", ours.0, peer.0),
             ("seq write MB/s", ours.1, peer.1),
             ("random 4 KiB read IOPS", ours.2, peer.2),
+            ("MB moved per target CPU second", ours.3, peer.3),
         ] {
             rows.push(Row {
                 workload: format!("MTU {mtu} {name}"),
