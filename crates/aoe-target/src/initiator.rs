@@ -133,7 +133,7 @@ impl Initiator {
             vlan,
             seq: 1,
             timeout: Duration::from_millis(250),
-            max_tries: 8,
+            max_tries: 20,
             tx: vec![0; n],
             rx: vec![0; n],
         })

@@ -52,31 +52,34 @@ impl Devices {
         if let Some(d) = &self.shared {
             return Ok(d.clone());
         }
-        let mut map = self.clients.lock().expect("client map poisoned");
-        if let Some(a) = map.get(&client) {
-            return Ok(a.device().clone());
+        {
+            let map = self.clients.lock().expect("client map poisoned");
+            if let Some(a) = map.get(&client) {
+                return Ok(a.device().clone());
+            }
+            if map.len() >= self.max_clients {
+                warn!(
+                    shelf = self.cfg.shelf,
+                    slot = self.cfg.slot,
+                    "too many clients with overlays"
+                );
+                return Err(IoFailure::Media);
+            }
         }
-        if map.len() >= self.max_clients {
-            warn!(
-                shelf = self.cfg.shelf,
-                slot = self.cfg.slot,
-                "too many clients with overlays"
-            );
-            return Err(IoFailure::Media);
-        }
+        // Opening (creating an overlay) may take a while: not under the lock,
+        // so other clients' I/O goes on. If two requests of one new client
+        // race, the first attachment stored wins and the other is dropped.
         let key = mac_key(&client);
-        match Attachment::open(&self.cfg.disk, &key) {
-            Ok(a) => {
-                info!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, "attached client");
-                let d = a.device().clone();
-                map.insert(client, a);
-                Ok(d)
-            }
-            Err(e) => {
-                warn!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, error = %e, "cannot attach client");
-                Err(IoFailure::Media)
-            }
-        }
+        let a = Attachment::open(&self.cfg.disk, &key).map_err(|e| {
+            warn!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, error = %e, "cannot attach client");
+            IoFailure::Media
+        })?;
+        let mut map = self.clients.lock().expect("client map poisoned");
+        let a = map.entry(client).or_insert_with(|| {
+            info!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, "attached client");
+            a
+        });
+        Ok(a.device().clone())
     }
 
     fn flush_all(&self) {
