@@ -615,7 +615,15 @@ fn jumbo_frames_carry_more_sectors_and_vlan_tags_are_honoured() {
     let lab = lab("aoej", 9000);
     let image_path = lab.dir.path().join("disk.raw");
     let mut image = make_image(&image_path);
-    let target = lab.ours(&["--target", &format!("3.4={}", image_path.display())]);
+    // A second link at MTU 1500 between the same namespaces: the target
+    // serves both interfaces, each with its own sectors-per-frame limit.
+    let (ini2, tgt2) = veth_pair(&lab.ini, "", &lab.tgt, "");
+    let target = lab.ours(&[
+        "--interface",
+        &tgt2,
+        "--target",
+        &format!("3.4={}", image_path.display()),
+    ]);
 
     let mut ini = lab.initiator(&lab.ini_if);
     let dev = attach(&mut ini, 3, 4, 32);
@@ -630,6 +638,21 @@ fn jumbo_frames_carry_more_sectors_and_vlan_tags_are_honoured() {
     let mut buf = vec![0u8; image.len()];
     tagged.read(&vdev, 0, &mut buf).unwrap();
     assert!(buf == image, "read over the VLAN differs");
+
+    let mut small = lab.initiator(&ini2);
+    let sdev = attach(&mut small, 3, 4, 32);
+    assert_eq!(sdev.max_sectors, 2, "the 1500-byte link carries 2 sectors");
+    assert_ne!(sdev.mac, dev.mac, "answers come from the second interface");
+    small.read(&sdev, 0, &mut buf).unwrap();
+    assert!(buf == image, "read over the second interface differs");
+    // Jumbo requests on the small link are refused, not truncated.
+    let (h, _) = small
+        .ata(sdev.mac, 3, 4, ata(0x24, 0, 17, true), &[])
+        .unwrap();
+    assert_eq!(
+        (h.cmd_status, h.err_feature),
+        (status::DRDY | status::ERR, error_bits::ABRT)
+    );
     target.stop();
 }
 
