@@ -156,8 +156,16 @@ fn tshark(lab: &Lab, file: &Path) -> Daemon {
     let tshark = require("tshark", "tshark");
     let log = lab.dir.path().join("tshark.log");
     let mut cmd = lab.ini.command(tshark);
-    cmd.args(["-i", &lab.ini_if, "-f", "ether proto 0x88a2", "-w"])
-        .arg(file);
+    cmd.args([
+        "-i",
+        &lab.ini_if,
+        "-B",
+        "64",
+        "-f",
+        "ether proto 0x88a2",
+        "-w",
+    ])
+    .arg(file);
     let d = Daemon::spawn("tshark", &mut cmd, &log);
     let start = Instant::now();
     while !d.log().contains("Capturing on") {
