@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyboot_images::{Attachment, BlockDevice, DiskMode};
 use anyboot_wire::aoe::Mac;
@@ -121,6 +121,60 @@ struct Shared {
     devices: Vec<Devices>,
     buf_len: usize,
     stop: AtomicBool,
+    /// Per interface: which of its threads receives now (leader/followers).
+    leaders: Vec<Leader>,
+}
+
+/// Leader/followers hand-over for one interface's threads: only the leader
+/// receives. It keeps doing fast storage I/O itself (one hot thread, no
+/// wake-ups: the cheapest path for page-cache or tmpfs speed I/O), and hands
+/// receiving to a follower before a batch whose I/O is expected to be slow
+/// (recent I/O times above [`SLOW_IO`]), so slow disks get several requests
+/// in flight.
+#[derive(Debug, Default)]
+struct Leader {
+    taken: Mutex<bool>,
+    cv: Condvar,
+    /// Moving average of a batch's storage time, in microseconds.
+    io_ewma_us: AtomicU64,
+}
+
+/// Storage time per batch above which the leader hands over receiving.
+const SLOW_IO: Duration = Duration::from_micros(50);
+
+impl Leader {
+    /// Waits to become the leader; `false` if the server stops meanwhile.
+    fn acquire(&self, stop: &AtomicBool) -> bool {
+        let mut taken = self.taken.lock().expect("leader lock poisoned");
+        while *taken {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            taken = self
+                .cv
+                .wait_timeout(taken, Duration::from_millis(100))
+                .expect("leader lock poisoned")
+                .0;
+        }
+        *taken = true;
+        true
+    }
+
+    fn release(&self) {
+        *self.taken.lock().expect("leader lock poisoned") = false;
+        self.cv.notify_one();
+    }
+
+    fn io_is_slow(&self) -> bool {
+        self.io_ewma_us.load(Ordering::Relaxed) > SLOW_IO.as_micros() as u64
+    }
+
+    fn record_io(&self, took: Duration) {
+        let us = took.as_micros().min(1_000_000) as u64;
+        let old = self.io_ewma_us.load(Ordering::Relaxed);
+        self.io_ewma_us
+            .store(old - old / 8 + us / 8, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -215,6 +269,7 @@ impl Server {
             })
             .collect();
         let buf_len = sockets.iter().map(|s| s.mtu).max().unwrap_or(1500) + 64;
+        let n_ifaces = sockets.len();
         let core = Core::new(CoreConfig { targets: infos }, ifaces);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -223,6 +278,7 @@ impl Server {
                 devices,
                 buf_len,
                 stop: AtomicBool::new(false),
+                leaders: (0..n_ifaces).map(|_| Leader::default()).collect(),
             }),
             io_threads: config.io_threads,
         })
@@ -282,24 +338,35 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(|e| Error::Thread(e.to_string()))
 }
 
-/// One of `io_threads` symmetric threads per interface. Each blocks in a
-/// batched receive (the kernel wakes one waiter, which takes every frame
-/// queued, up to [`BATCH`]), runs the frames through the sans-IO core under
+/// One of `io_threads` threads per interface, in leader/followers fashion
+/// (see [`Leader`]). The leader blocks in a batched receive (up to [`BATCH`]
+/// frames per system call), runs the frames through the sans-IO core under
 /// one lock, performs the resulting storage requests itself, each in the
 /// buffer its frame arrived in, and sends all replies with one batched send.
-/// Disk I/O thus never stalls the other threads' receiving, and several
-/// requests per interface are in flight. Compared with a receive thread
-/// handing jobs to an I/O pool, this saves a thread hand-off per frame, which
-/// on fast storage costs more than the I/O itself.
+/// Before slow storage I/O it lets a follower take over receiving, so disk
+/// latency never stalls the interface. Compared with a receive thread handing
+/// jobs to an I/O pool, fast I/O costs no thread hand-off at all.
 fn serve_thread(shared: &Shared, iface: usize) {
     let sock = &shared.sockets[iface];
+    let leader = &shared.leaders[iface];
     let _span = info_span!("aoe", interface = %sock.name).entered();
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; shared.buf_len]).collect();
     let mut ranges = vec![0..0; BATCH];
     let mut jobs: Vec<Option<IoRequest>> = (0..BATCH).map(|_| None).collect();
     let mut lens = [0usize; BATCH];
     let mut replies = Vec::new();
-    while !shared.stop.load(Ordering::Relaxed) {
+    let mut leading = false;
+    loop {
+        if !leading {
+            if !leader.acquire(&shared.stop) {
+                return;
+            }
+            leading = true;
+        }
+        if shared.stop.load(Ordering::Relaxed) {
+            leader.release();
+            return;
+        }
         let n = match sock.recv_frames(&mut bufs, &mut ranges, true) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -325,6 +392,12 @@ fn serve_thread(shared: &Shared, iface: usize) {
                 }
             }
         }
+        let has_io = jobs[..n].iter().any(Option::is_some);
+        if has_io && leader.io_is_slow() {
+            leader.release();
+            leading = false;
+        }
+        let started = Instant::now();
         for i in 0..n {
             lens[i] = 0;
             if let Some(io) = &jobs[i] {
@@ -332,6 +405,9 @@ fn serve_thread(shared: &Shared, iface: usize) {
                 let result = shared.perform(io, frame);
                 lens[i] = io.complete(result, frame);
             }
+        }
+        if has_io {
+            leader.record_io(started.elapsed());
         }
         // Every reply goes out on the interface its request came in on.
         let data = (0..n)
@@ -342,7 +418,7 @@ fn serve_thread(shared: &Shared, iface: usize) {
             warn!(error = %e, "send failed");
         }
         replies.clear();
-        if jobs[..n].iter().any(Option::is_some) {
+        if has_io {
             let mut core = shared.core.lock().expect("core poisoned");
             for j in jobs[..n].iter_mut() {
                 if let Some(io) = j.take() {
@@ -350,5 +426,45 @@ fn serve_thread(shared: &Shared, iface: usize) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_hands_over_only_after_slow_io() {
+        let l = Leader::default();
+        assert!(!l.io_is_slow());
+        for _ in 0..50 {
+            l.record_io(Duration::from_micros(5));
+        }
+        assert!(!l.io_is_slow(), "page-cache speed keeps one hot leader");
+        for _ in 0..50 {
+            l.record_io(Duration::from_millis(2));
+        }
+        assert!(l.io_is_slow(), "disk latency makes the leader hand over");
+        for _ in 0..80 {
+            l.record_io(Duration::from_micros(5));
+        }
+        assert!(!l.io_is_slow(), "and fast I/O takes it back");
+    }
+
+    #[test]
+    fn one_leader_at_a_time_and_stop_releases_waiters() {
+        let l = Arc::new(Leader::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        assert!(l.acquire(&stop));
+        let (l2, s2) = (l.clone(), stop.clone());
+        let waiter = std::thread::spawn(move || l2.acquire(&s2));
+        // The waiter leads once we release.
+        l.release();
+        assert!(waiter.join().unwrap());
+        // Now it leads; a third acquirer gives up once the server stops.
+        let (l3, s3) = (l.clone(), stop.clone());
+        let third = std::thread::spawn(move || l3.acquire(&s3));
+        stop.store(true, Ordering::SeqCst);
+        assert!(!third.join().unwrap());
     }
 }
