@@ -206,6 +206,16 @@ fn check_capture(file: &Path, target_mac: Mac, min_frames: usize) {
         ours >= min_frames,
         "only {ours} frames from the target captured"
     );
+    let short = run_ok(
+        Command::new(&tshark)
+            .arg("-r")
+            .arg(file)
+            .args(["-Y", &format!("{filter} && frame.len < 60")]),
+    );
+    assert!(
+        short.is_empty(),
+        "frames shorter than the Ethernet minimum:\n{short}"
+    );
     assert_eq!(
         aoe.lines().count(),
         ours,
