@@ -1,8 +1,10 @@
-//! The driver: a pool of threads per interface, each receiving a frame into its
-//! own buffer, running it through the sans-IO core (behind a mutex, held only
-//! for `handle`), and performing the storage request itself: read or write
-//! straight into that buffer, build the reply in place, send it. The data
-//! path allocates nothing per frame.
+//! The driver: `io_threads` threads per interface in leader/followers style.
+//! The leader receives batches of frames into its own buffers, runs them
+//! through the sans-IO core (behind a mutex, held only for `handle`), and
+//! performs the storage requests itself: read or write straight into those
+//! buffers, build the replies in place, send them in one batch; before slow
+//! I/O it hands receiving to a follower. The data path allocates nothing per
+//! frame.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,8 +46,14 @@ struct Devices {
     cfg: TargetConfig,
     shared: Option<Arc<dyn BlockDevice>>,
     clients: Mutex<HashMap<Mac, Attachment>>,
+    /// Clients whose attachment failed recently: not retried (nor logged)
+    /// for [`ATTACH_RETRY`], so a broken image does not flood the log.
+    failed: Mutex<HashMap<Mac, Instant>>,
     max_clients: usize,
 }
+
+/// How long a failed attachment is not retried.
+const ATTACH_RETRY: Duration = Duration::from_secs(1);
 
 impl Devices {
     fn device(&self, client: Mac) -> Result<Arc<dyn BlockDevice>, IoFailure> {
@@ -66,12 +74,28 @@ impl Devices {
                 return Err(IoFailure::Media);
             }
         }
+        {
+            let failed = self.failed.lock().expect("failure map poisoned");
+            if failed
+                .get(&client)
+                .is_some_and(|t| t.elapsed() < ATTACH_RETRY)
+            {
+                return Err(IoFailure::Media);
+            }
+        }
         // Opening (creating an overlay) may take a while: not under the lock,
         // so other clients' I/O goes on. If two requests of one new client
         // race, the first attachment stored wins and the other is dropped.
         let key = mac_key(&client);
         let a = Attachment::open(&self.cfg.disk, &key).map_err(|e| {
             warn!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, error = %e, "cannot attach client");
+            let mut failed = self.failed.lock().expect("failure map poisoned");
+            if failed.len() >= self.max_clients {
+                failed.retain(|_, t| t.elapsed() < ATTACH_RETRY);
+            }
+            if failed.len() < self.max_clients {
+                failed.insert(client, Instant::now());
+            }
             IoFailure::Media
         })?;
         let mut map = self.clients.lock().expect("client map poisoned");
@@ -258,6 +282,7 @@ impl Server {
                 cfg: t.clone(),
                 shared,
                 clients: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
                 max_clients: config.max_clients,
             });
         }
