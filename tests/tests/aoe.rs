@@ -721,3 +721,36 @@ fn check_config_names_the_key() {
     ]));
     assert_eq!(out.status.code(), Some(2), "clap rejects slot 300");
 }
+
+#[test]
+fn sigterm_during_transfers_exits_cleanly() {
+    let lab = lab("aoes", 1500);
+    let image_path = lab.dir.path().join("disk.raw");
+    make_image(&image_path);
+    let target = lab.ours(&["--target", &format!("5.5={}", image_path.display())]);
+    let mut ini = lab.initiator(&lab.ini_if);
+    let dev = attach(&mut ini, 5, 5, 32);
+    ini.timeout = Duration::from_millis(100);
+    ini.max_tries = 3;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let load = std::thread::spawn(move || {
+        let mut buf = vec![0u8; DISK_SECTORS as usize * 512];
+        // Bounded: at most 50 passes, and it ends at the first timeout.
+        for pass in 0..50 {
+            if pass == 1 {
+                tx.send(()).unwrap();
+            }
+            if let Err(e) = ini.read(&dev, 0, &mut buf) {
+                return Some(e);
+            }
+        }
+        None
+    });
+    // Stop while reads are in flight (after the first full pass).
+    rx.recv().unwrap();
+    target.stop();
+    match load.join().unwrap() {
+        Some(InitiatorError::Timeout { .. }) | None => {}
+        Some(e) => panic!("unexpected initiator error after the target stopped: {e}"),
+    }
+}
