@@ -19,7 +19,9 @@ use anyboot_wire::aoe::Mac;
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::{Config, TargetConfig};
-use crate::proto::{Core, CoreConfig, Iface, IoFailure, IoOp, IoRequest, Output, TargetInfo};
+use crate::proto::{
+    Core, CoreConfig, Counters, Iface, IoFailure, IoOp, IoRequest, Output, TargetInfo,
+};
 use crate::rawsock::{Listen, RawSocket, SocketError, BATCH};
 
 /// Errors that stop the server.
@@ -51,6 +53,9 @@ struct Devices {
     failed: Mutex<HashMap<Mac, Instant>>,
     max_clients: usize,
 }
+
+/// How often refused and dropped requests are summarised in a warning.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a failed attachment is not retried.
 const ATTACH_RETRY: Duration = Duration::from_secs(1);
@@ -330,7 +335,33 @@ impl Server {
                 })?);
             }
         }
-        shutdown.await;
+        // Peer misbehaviour is logged per frame at debug level only; here it
+        // becomes at most one warning per interval.
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = Counters::default();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    let now = self.shared.core.lock().expect("core poisoned").counters();
+                    if now != last {
+                        warn!(
+                            malformed = now.malformed - last.malformed,
+                            masked = now.masked - last.masked,
+                            reserved = now.reserved - last.reserved,
+                            aoe_errors = now.aoe_errors - last.aoe_errors,
+                            ata_errors = now.ata_errors - last.ata_errors,
+                            busy_drops = now.busy_drops - last.busy_drops,
+                            "refused or dropped requests in the last {}s",
+                            REPORT_EVERY.as_secs()
+                        );
+                        last = now;
+                    }
+                }
+            }
+        }
         info!("stopping: finishing in-flight requests");
         self.shared.stop.store(true, Ordering::SeqCst);
         let shared = self.shared.clone();

@@ -174,6 +174,23 @@ fn write_headers(buf: &mut [u8], eth: &EthRepr, h: &aoe::Repr) {
         .expect("buffer holds the AoE header");
 }
 
+/// What the core refused or dropped, for the driver's rate-limited warnings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames too short or from group addresses.
+    pub malformed: u64,
+    /// Frames ignored because of a target's MAC mask list.
+    pub masked: u64,
+    /// Commands refused with "target is reserved".
+    pub reserved: u64,
+    /// Other AoE error replies (unknown command, bad argument, version...).
+    pub aoe_errors: u64,
+    /// ATA commands answered with an error status (range, abort).
+    pub ata_errors: u64,
+    /// Storage requests dropped because the target's buffers were busy.
+    pub busy_drops: u64,
+}
+
 #[derive(Debug)]
 struct Target {
     info: TargetInfo,
@@ -189,6 +206,7 @@ pub struct Core {
     targets: Vec<Target>,
     ifaces: Vec<Iface>,
     out: VecDeque<Output>,
+    counters: Counters,
 }
 
 /// A parsed request, as the handlers need it.
@@ -224,6 +242,7 @@ impl Core {
             targets,
             ifaces,
             out: VecDeque::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -257,6 +276,11 @@ impl Core {
         self.out.push_back(Output::Io(io));
     }
 
+    /// Totals of refused and dropped requests since the start.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
     /// Current MAC mask list of target `t` (for logs and tests).
     pub fn masks(&self, t: usize) -> &[Mac] {
         &self.targets[t].masks
@@ -286,6 +310,7 @@ impl Core {
         }
         if eth.src[0] & 1 != 0 {
             debug!(src = ?eth.src, "dropping AoE frame from a group address");
+            self.counters.malformed += 1;
             return;
         }
         if eth.dst != ifc.mac && eth.dst != aoe::MAC_BROADCAST {
@@ -293,6 +318,7 @@ impl Core {
         }
         let Ok(p) = aoe::Packet::new_checked(&frame[at..]) else {
             debug!(len = frame.len(), "dropping truncated AoE frame");
+            self.counters.malformed += 1;
             return;
         };
         let hdr = aoe::Repr::parse(&p).expect("checked");
@@ -318,6 +344,7 @@ impl Core {
             let target = &self.targets[t];
             if !target.masks.is_empty() && !target.masks.contains(&eth.src) {
                 debug!(src = ?eth.src, shelf = info.shelf, slot = info.slot, "MAC mask: ignored");
+                self.counters.masked += 1;
                 continue;
             }
             if hdr.version != aoe::VERSION {
@@ -387,6 +414,11 @@ impl Core {
     /// the initiator can match it to what it sent.
     fn error(&mut self, req: &Req, t: usize, code: ErrorCode) {
         debug!(?code, tag = req.hdr.tag, "AoE error reply");
+        if code == ErrorCode::TargetReserved {
+            self.counters.reserved += 1;
+        } else {
+            self.counters.aoe_errors += 1;
+        }
         let ifc = self.ifaces[req.iface];
         let room = ifc.mtu.saturating_sub(HEADER_LEN);
         let arg = req.arg();
@@ -533,6 +565,9 @@ impl Core {
     fn ata_status(&mut self, req: &Req, t: usize, mut a: AtaRepr, st: u8, err: u8, data: &[u8]) {
         a.cmd_status = st;
         a.err_feature = err;
+        if st & status::ERR != 0 {
+            self.counters.ata_errors += 1;
+        }
         self.reply(req, t, None, ATA_HEADER_LEN + data.len(), |b| {
             a.emit(&mut AtaPacket::new_unchecked(&mut *b))
                 .expect("room for the ATA header");
@@ -679,6 +714,7 @@ impl Core {
             ReserveCommand::Set => {
                 if !target.reserve.is_empty() && !target.reserve.contains(&req.eth.src) {
                     error = Some(ErrorCode::TargetReserved);
+                    self.counters.reserved += 1;
                 } else {
                     target.reserve = new_list();
                 }

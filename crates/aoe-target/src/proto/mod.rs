@@ -6,7 +6,7 @@
 mod core;
 
 pub use self::core::{
-    Core, CoreConfig, Iface, IoFailure, IoOp, IoRequest, Output, TargetInfo, Transmit,
+    Core, CoreConfig, Counters, Iface, IoFailure, IoOp, IoRequest, Output, TargetInfo, Transmit,
     FIRMWARE_VERSION, MAX_MASKS, MAX_RESERVE,
 };
 

@@ -379,6 +379,8 @@ fn bounds_are_ata_errors_and_never_reach_storage() {
     );
     assert_eq!(parse(&out[0]).hdr.error, Some(ErrorCode::BadArgument));
     assert_eq!(d, disk());
+    let n = c.counters();
+    assert_eq!((n.ata_errors, n.aoe_errors, n.masked), (6, 1, 0));
 }
 
 #[test]
@@ -697,6 +699,7 @@ fn reserve_release_is_enforced() {
     let out = send(&mut c, &mut d, 0, &request(A, None, 1, 1, 0, 1, &read));
     assert_eq!(parse(&out[0]).hdr.error, None);
     assert!(c.reserve_list(0).is_empty());
+    assert_eq!(c.counters().reserved, 3);
 }
 
 #[test]
