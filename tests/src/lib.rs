@@ -259,3 +259,31 @@ pub fn veth_pair(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, S
     }
     (ia, ib)
 }
+
+/// Runs `f` on a thread that has entered network namespace `ns`. Sockets that
+/// `f` opens stay in that namespace and keep working from any thread, so a
+/// test can drive raw-socket clients inside a namespace it created.
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let path = std::ffi::CString::new(format!("/run/netns/{}", ns.name)).unwrap();
+            // SAFETY: opening a path we own the string of; the fd is checked.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            assert!(
+                fd >= 0,
+                "opening /run/netns/{}: {}",
+                ns.name,
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: setns on a namespace fd only changes this thread's namespace.
+            let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+            let err = std::io::Error::last_os_error();
+            // SAFETY: closing the fd we opened above.
+            unsafe { libc::close(fd) };
+            assert_eq!(rc, 0, "entering netns {}: {err}", ns.name);
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}

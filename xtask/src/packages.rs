@@ -50,6 +50,7 @@ pub const TEST: &[Requirement] = &[
     ),
     ("tgt", "tgtd", "iSCSI peer target (benchmarks)"),
     ("vblade", "vblade", "AoE reference target"),
+    ("aoetools", "aoeping", "AoE clients: aoeping, aoecfg"),
     (
         "qemu-system-x86",
         "qemu-system-x86_64",
