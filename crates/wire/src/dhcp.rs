@@ -286,6 +286,31 @@ pub fn append_option(msg: &mut Vec<u8>, code: u8, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A copy of a checked message that keeps only the options in `keep` whose
+/// length is allowed (`Some(n)`: exactly `n` bytes; `None`: any). dhcproto's
+/// option decoders `debug_assert!` on some lengths and silently misparse
+/// others, so untrusted messages reach it only in this reduced form; every
+/// other option is read raw through [`Packet::option`].
+pub fn sanitized<T: AsRef<[u8]>>(p: &Packet<T>, keep: &[(u8, Option<usize>)]) -> Vec<u8> {
+    let b = p.buffer.as_ref();
+    let mut out = Vec::with_capacity(b.len().min(1500));
+    out.extend_from_slice(&b[..HEADER_LEN]);
+    // Overloaded sname/file fields (option 52) are not used: clear the flag by
+    // omission and keep the fields as plain strings.
+    for (c, v) in p.options().filter_map(|o| o.ok()) {
+        let ok = keep
+            .iter()
+            .any(|(k, len)| *k == c && len.is_none_or(|n| n == v.len()));
+        if ok {
+            out.push(c);
+            out.push(v.len() as u8);
+            out.extend_from_slice(v);
+        }
+    }
+    out.push(code::END);
+    out
+}
+
 /// Option 93, client system architecture (RFC 4578 §2.1, IANA "Processor
 /// Architecture Types").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,8 +526,9 @@ mod tests {
             if let Ok(p) = Packet::new_checked(&bytes[..]) {
                 let _ = (p.op(), p.xid(), p.chaddr(), p.broadcast(), p.ciaddr(), p.giaddr());
                 for o in p.options() { let _ = o; }
-                // After our check dhcproto must not panic either.
-                let _ = v4::Message::decode(&mut dhcproto::Decoder::new(&bytes));
+                // After sanitizing, dhcproto must not panic either.
+                let clean = sanitized(&p, &[(53, Some(1)), (50, Some(4)), (54, Some(4))]);
+                let _ = v4::Message::decode(&mut dhcproto::Decoder::new(&clean));
             }
             let _ = end_offset(&bytes);
             let _ = ClientArch::parse(&bytes);
@@ -517,7 +543,8 @@ mod tests {
             bytes[field::MAGIC].copy_from_slice(&MAGIC_COOKIE);
             if let Ok(p) = Packet::new_checked(&bytes[..]) {
                 prop_assert!(p.chaddr().len() <= 16);
-                let m = v4::Message::decode(&mut dhcproto::Decoder::new(&bytes));
+                let clean = sanitized(&p, &[(53, Some(1)), (50, Some(4)), (54, Some(4)), (60, None)]);
+                let m = v4::Message::decode(&mut dhcproto::Decoder::new(&clean));
                 if let Ok(m) = m { let _ = m.chaddr(); }
             }
         }
