@@ -223,8 +223,8 @@ impl Config {
             Some(p) => p.clone(),
             None => site.state_dir().join("dhcpd.leases"),
         });
-        if d.lease_time < 60 {
-            return Err(site.error("dhcpd.lease_time", "must be at least 60 seconds"));
+        if d.lease_time < 10 {
+            return Err(site.error("dhcpd.lease_time", "must be at least 10 seconds"));
         }
         cfg.lease_time = d.lease_time;
         cfg.renew_time = d.renew_time;
