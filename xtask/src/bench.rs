@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::{cargo, run_cmd};
 
-const ALL: &[&str] = &["images"];
+const ALL: &[&str] = &["images", "dhcp"];
 
 pub fn run(names: Vec<String>) -> Result<()> {
     let names: Vec<String> = if names.is_empty() {
@@ -16,6 +16,12 @@ pub fn run(names: Vec<String>) -> Result<()> {
     for name in &names {
         match name.as_str() {
             "images" => run_cmd(cargo().args(["bench", "-p", "anyboot-images"]))?,
+            "dhcp" => {
+                run_cmd(cargo().args(["build", "--release", "-p", "anyboot-dhcpd", "--bins"]))?;
+                run_cmd(cargo().args([
+                    "run", "--release", "-p", "anyboot-benches", "--bin", "dhcp",
+                ]))?
+            }
             other => bail!("no benchmark named `{other}` (have: {})", ALL.join(", ")),
         }
     }
