@@ -191,7 +191,10 @@ fn dhclient_gets_renews_and_releases_then_a_second_client_gets_another_address()
     let out = run(&mut lab.udhcpc(1, &["-q", "-n", "-t", "5", "-T", "1"]));
     assert!(out.status.success(), "udhcpc: {out:?}");
     let b = lab.wait_event(1, &["bound"], 0, "udhcpc lease");
-    assert!(pool_addr(&b) && b != a, "second client got {b}, first had {a}");
+    assert!(
+        pool_addr(&b) && b != a,
+        "second client got {b}, first had {a}"
+    );
     server.stop();
     assert!(
         std::fs::metadata(&leases).unwrap().len() > 8,
@@ -350,4 +353,82 @@ fn check_config_rejects_bad_flags_naming_them() {
         err.contains("dhcpd.subnet[0].pool_start") && err.contains(&*cfg.to_string_lossy()),
         "{err}"
     );
+}
+
+#[test]
+fn two_interfaces_two_subnets_and_a_relayed_subnet_from_a_config_file() {
+    require("perfdhcp", "kea-admin");
+    let lab = Lab::new("dh5", 0);
+    // Two links, each with its own subnet, served by one process.
+    let c0 = Netns::new("dh5c0");
+    let c1 = Netns::new("dh5c1");
+    let (s0, i0) = veth_pair(&lab.server, "10.9.0.1/24", &c0, "");
+    let (s1, i1) = veth_pair(&lab.server, "10.8.0.1/24", &c1, "");
+    let cfg = lab.path("site.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dhcpd]\n\
+             interfaces = [\"{s0}\", \"{s1}\"]\n\
+             lease_db = \"{db}\"\n\
+             [[dhcpd.subnet]]\nnetwork = \"10.9.0.0/24\"\npool_start = \"10.9.0.100\"\npool_end = \"10.9.0.110\"\n\
+             [[dhcpd.subnet]]\nnetwork = \"10.8.0.0/24\"\npool_start = \"10.8.0.100\"\npool_end = \"10.8.0.110\"\n\
+             [[dhcpd.subnet]]\nnetwork = \"10.20.0.0/24\"\npool_start = \"10.20.0.100\"\npool_end = \"10.20.0.200\"\n",
+            db = lab.path("leases.db").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = lab.server.command(bin("anyboot-dhcpd"));
+    cmd.env("NO_COLOR", "1").arg("-v").arg("--config").arg(&cfg);
+    let server = Daemon::spawn("dhcpd", &mut cmd, &lab.path("dhcpd.log"));
+    wait_for(
+        || server.log().matches("listening").count() == 2,
+        Duration::from_secs(10),
+        || format!("server did not start:\n{}", server.log()),
+    );
+    let udhcpc = |ns: &Netns, ifname: &str| {
+        let mut c = ns.command("udhcpc");
+        c.args(["-f", "-q", "-n", "-t", "5", "-T", "1", "-i", ifname, "-s"])
+            .arg(&lab.script);
+        let out = run(&mut c);
+        assert!(out.status.success(), "udhcpc on {ifname}: {out:?}");
+        let ev = std::fs::read_to_string(lab.path(&format!("events.{ifname}"))).unwrap();
+        ev.lines()
+            .find_map(|l| l.strip_prefix("bound "))
+            .unwrap_or_else(|| panic!("no lease on {ifname}: {ev}"))
+            .to_owned()
+    };
+    let a0 = udhcpc(&c0, &i0);
+    let a1 = udhcpc(&c1, &i1);
+    assert!(a0.starts_with("10.9.0."), "link 0 got {a0}");
+    assert!(a1.starts_with("10.8.0."), "link 1 got {a1}");
+    // Client 1 also acts as a relay for 10.20.0.0/24 (perfdhcp sets giaddr);
+    // the server reaches the relay through client 1.
+    c1.exec_ok(&["ip", "addr", "add", "10.20.0.2/24", "dev", &i1]);
+    lab.server
+        .exec_ok(&["ip", "route", "add", "10.20.0.0/24", "via", &a1, "dev", &s1]);
+    // perfdhcp exits 0 only if every exchange completed (3 means drops); -W
+    // waits a second for the last replies.
+    let out = run(c1.command("perfdhcp").args([
+        "-4",
+        "-r",
+        "20",
+        "-n",
+        "20",
+        "-R",
+        "20",
+        "-W",
+        "1000000",
+        "-l",
+        "10.20.0.2",
+        "10.8.0.1",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "perfdhcp via relay: {out:?}\n{text}");
+    assert!(
+        server.log().contains("addr=10.20.0."),
+        "relayed clients were not served from the relay's subnet:\n{}",
+        server.log()
+    );
+    server.stop();
 }

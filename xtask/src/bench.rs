@@ -19,7 +19,12 @@ pub fn run(names: Vec<String>) -> Result<()> {
             "dhcp" => {
                 run_cmd(cargo().args(["build", "--release", "-p", "anyboot-dhcpd", "--bins"]))?;
                 run_cmd(cargo().args([
-                    "run", "--release", "-p", "anyboot-benches", "--bin", "dhcp",
+                    "run",
+                    "--release",
+                    "-p",
+                    "anyboot-benches",
+                    "--bin",
+                    "dhcp",
                 ]))?
             }
             other => bail!("no benchmark named `{other}` (have: {})", ALL.join(", ")),

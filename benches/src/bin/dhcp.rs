@@ -170,7 +170,10 @@ fn start(lab: &Lab, peer: Peer, dir: &Path) -> Result<Daemon> {
                 "--dhcp-range=10.9.1.0,10.9.255.254,255.255.0.0,1h",
             ])
             .arg(format!("--interface={ifname}"))
-            .arg(format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.join("dnsmasq.leases").display()
+            ))
             .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
             Daemon::spawn("dnsmasq", &mut c, &log)
         }
@@ -189,6 +192,9 @@ fn perfdhcp(lab: &Lab, rate: u32) -> Result<Outcome> {
         &CLIENTS.to_string(),
         "-p",
         &SECONDS.to_string(),
+        // Wait half a second for replies still in flight when the run ends.
+        "-W",
+        "500000",
         "-l",
         RELAY_IP,
         SERVER_IP,

@@ -155,7 +155,9 @@ impl Default for Config {
 pub fn parse_hex_bytes(s: &str) -> Result<Vec<u8>, String> {
     let clean: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
     if clean.is_empty() || clean.len() % 2 != 0 {
-        return Err(format!("`{s}`: expected hex bytes like 01:52:54:00:12:34:56"));
+        return Err(format!(
+            "`{s}`: expected hex bytes like 01:52:54:00:12:34:56"
+        ));
     }
     (0..clean.len())
         .step_by(2)
@@ -163,7 +165,14 @@ pub fn parse_hex_bytes(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-fn subnet_from(i: usize, s: &DhcpSubnet, site: &Site, lease_time: u32, dns: &[Ipv4Addr], domain: &Option<String>) -> Result<Subnet, ConfigError> {
+fn subnet_from(
+    i: usize,
+    s: &DhcpSubnet,
+    site: &Site,
+    lease_time: u32,
+    dns: &[Ipv4Addr],
+    domain: &Option<String>,
+) -> Result<Subnet, ConfigError> {
     let key = format!("dhcpd.subnet[{i}]");
     let (network, prefix) =
         parse_cidr(&s.network).map_err(|p| site.error(format!("{key}.network"), p))?;
@@ -180,7 +189,10 @@ fn subnet_from(i: usize, s: &DhcpSubnet, site: &Site, lease_time: u32, dns: &[Ip
     };
     for (k, a) in [("pool_start", s.pool_start), ("pool_end", s.pool_end)] {
         if !sub.contains(a) {
-            return Err(site.error(format!("{key}.{k}"), format!("{a} is outside {}", s.network)));
+            return Err(site.error(
+                format!("{key}.{k}"),
+                format!("{a} is outside {}", s.network),
+            ));
         }
     }
     if u32::from(s.pool_start) > u32::from(s.pool_end) {
@@ -188,7 +200,10 @@ fn subnet_from(i: usize, s: &DhcpSubnet, site: &Site, lease_time: u32, dns: &[Ip
     }
     if let Some(r) = s.router {
         if !sub.contains(r) {
-            return Err(site.error(format!("{key}.router"), format!("{r} is outside {}", s.network)));
+            return Err(site.error(
+                format!("{key}.router"),
+                format!("{r} is outside {}", s.network),
+            ));
         }
     }
     Ok(sub)
@@ -205,12 +220,16 @@ impl Config {
         };
         cfg.interfaces = d.interfaces.clone();
         for (i, s) in d.subnets.iter().enumerate() {
-            cfg.subnets.push(subnet_from(i, s, site, d.lease_time, &d.dns, &d.domain)?);
+            cfg.subnets
+                .push(subnet_from(i, s, site, d.lease_time, &d.dns, &d.domain)?);
         }
         for (i, a) in cfg.subnets.iter().enumerate() {
             for (j, b) in cfg.subnets.iter().enumerate().skip(i + 1) {
                 if a.contains(b.network) || b.contains(a.network) {
-                    return Err(site.error(format!("dhcpd.subnet[{j}].network"), format!("overlaps dhcpd.subnet[{i}]")));
+                    return Err(site.error(
+                        format!("dhcpd.subnet[{j}].network"),
+                        format!("overlaps dhcpd.subnet[{i}]"),
+                    ));
                 }
             }
         }
@@ -231,7 +250,10 @@ impl Config {
         cfg.rebind_time = d.rebind_time;
         if let (Some(t1), Some(t2)) = (d.renew_time, d.rebind_time) {
             if t1 > t2 || t2 > d.lease_time {
-                return Err(site.error("dhcpd.rebind_time", "need renew_time <= rebind_time <= lease_time"));
+                return Err(site.error(
+                    "dhcpd.rebind_time",
+                    "need renew_time <= rebind_time <= lease_time",
+                ));
             }
         }
         cfg.offer_hold = d.offer_hold.max(1);
@@ -251,7 +273,10 @@ impl Config {
         cfg.boot = d.boot.clone();
         for (i, p) in d.profiles.iter().enumerate() {
             if site.profile(&p.name).is_none() {
-                return Err(site.error(format!("dhcpd.profile[{i}].name"), format!("no [[profile]] is named `{}`", p.name)));
+                return Err(site.error(
+                    format!("dhcpd.profile[{i}].name"),
+                    format!("no [[profile]] is named `{}`", p.name),
+                ));
             }
             check_boot(site, &format!("dhcpd.profile[{i}].boot"), &p.boot)?;
         }
@@ -284,14 +309,20 @@ impl Config {
 fn check_boot(site: &Site, key: &str, b: &DhcpBoot) -> Result<(), ConfigError> {
     if let Some(u) = &b.http_base {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(site.error(format!("{key}.http_base"), format!("`{u}` is not an http:// or https:// URL")));
+            return Err(site.error(
+                format!("{key}.http_base"),
+                format!("`{u}` is not an http:// or https:// URL"),
+            ));
         }
     }
     Ok(())
 }
 
 /// Inventory hosts with their profile's boot overrides and derived root path.
-fn hosts_from(site: &Site, overrides: &[anyboot_config::dhcpd::DhcpProfile]) -> Result<Vec<HostEntry>, ConfigError> {
+fn hosts_from(
+    site: &Site,
+    overrides: &[anyboot_config::dhcpd::DhcpProfile],
+) -> Result<Vec<HostEntry>, ConfigError> {
     let mut out = Vec::new();
     for h in &site.hosts {
         let ov = h
@@ -346,7 +377,11 @@ fn derive_root_path(site: &Site, h: &anyboot_config::Host) -> Option<String> {
             } else {
                 listen.port().to_string()
             };
-            let lun = if lun == 0 { String::new() } else { lun.to_string() };
+            let lun = if lun == 0 {
+                String::new()
+            } else {
+                lun.to_string()
+            };
             Some(format!("iscsi:{server}::{port}:{lun}:{}", target.iqn))
         }
         Transport::Aoe => {
@@ -381,7 +416,10 @@ mod tests {
         let c = Config::from_site(&s).unwrap();
         assert_eq!(c.interfaces, vec!["eth0"]);
         assert_eq!(c.subnets[0].prefix, 24);
-        assert_eq!(c.lease_db.as_deref(), Some(Path::new("/var/lib/anyboot/dhcpd.leases")));
+        assert_eq!(
+            c.lease_db.as_deref(),
+            Some(Path::new("/var/lib/anyboot/dhcpd.leases"))
+        );
         let office = c.hosts.iter().find(|h| h.name == "office01").unwrap();
         assert_eq!(
             office.root_path.as_deref(),
@@ -389,6 +427,23 @@ mod tests {
         );
         let pc = c.hosts.iter().find(|h| h.name == "pc01").unwrap();
         assert_eq!(pc.root_path, None, "nbd profiles get no root path");
+    }
+
+    #[test]
+    fn example_dhcpd_config_has_two_subnets_and_a_client_id_reservation() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/dhcpd.toml");
+        let c = Config::from_site(&Site::load(&path).unwrap()).unwrap();
+        assert_eq!(c.subnets.len(), 2);
+        assert_eq!(c.subnets[1].lease_time, 7200);
+        assert_eq!(c.subnets[0].dns, vec![Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(c.subnets[1].boot.efi_x64.as_deref(), Some("snponly.efi"));
+        assert_eq!(
+            c.client_id_reservations,
+            vec![(
+                vec![1, 0x52, 0x54, 0, 0xaa, 0xbb, 0xcc],
+                Ipv4Addr::new(10, 0, 0, 50)
+            )]
+        );
     }
 
     #[test]
@@ -430,10 +485,17 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let base = "[dhcpd]\ninterfaces = [\"eth0\"]\n[[dhcpd.subnet]]\nnetwork = \"10.0.0.0/24\"\n";
-        let e = Config::from_site(&site(&format!("{base}pool_start = \"10.0.1.1\"\npool_end = \"10.0.0.9\"\n"))).unwrap_err();
+        let base =
+            "[dhcpd]\ninterfaces = [\"eth0\"]\n[[dhcpd.subnet]]\nnetwork = \"10.0.0.0/24\"\n";
+        let e = Config::from_site(&site(&format!(
+            "{base}pool_start = \"10.0.1.1\"\npool_end = \"10.0.0.9\"\n"
+        )))
+        .unwrap_err();
         assert_eq!(e.key, "dhcpd.subnet[0].pool_start");
-        let e = Config::from_site(&site(&format!("{base}pool_start = \"10.0.0.10\"\npool_end = \"10.0.0.9\"\n"))).unwrap_err();
+        let e = Config::from_site(&site(&format!(
+            "{base}pool_start = \"10.0.0.10\"\npool_end = \"10.0.0.9\"\n"
+        )))
+        .unwrap_err();
         assert_eq!(e.key, "dhcpd.subnet[0].pool_end");
         let e = Config::from_site(&site(
             "[dhcpd]\ninterfaces = [\"eth0\"]\n[[dhcpd.subnet]]\nnetwork = \"10.0.0.0/33\"\npool_start = \"10.0.0.10\"\npool_end = \"10.0.0.20\"\n",
@@ -442,13 +504,21 @@ mod tests {
         assert_eq!(e.key, "dhcpd.subnet[0].network");
         let e = Config::from_site(&site("[dhcpd]\ninterfaces = []\n[[dhcpd.reservation]]\nclient_id = \"zz\"\naddress = \"10.0.0.1\"\n")).unwrap_err();
         assert_eq!(e.key, "dhcpd.reservation[0].client_id");
-        let e = Config::from_site(&site("[dhcpd]\ninterfaces = []\n[dhcpd.boot]\nhttp_base = \"ftp://x\"\n")).unwrap_err();
+        let e = Config::from_site(&site(
+            "[dhcpd]\ninterfaces = []\n[dhcpd.boot]\nhttp_base = \"ftp://x\"\n",
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "dhcpd.boot.http_base");
     }
 
     #[test]
     fn masks_and_membership() {
-        let s = Subnet::new(Ipv4Addr::new(10, 0, 0, 0), 24, Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199));
+        let s = Subnet::new(
+            Ipv4Addr::new(10, 0, 0, 0),
+            24,
+            Ipv4Addr::new(10, 0, 0, 100),
+            Ipv4Addr::new(10, 0, 0, 199),
+        );
         assert_eq!(s.mask(), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(s.broadcast(), Ipv4Addr::new(10, 0, 0, 255));
         assert!(s.contains(Ipv4Addr::new(10, 0, 0, 7)));

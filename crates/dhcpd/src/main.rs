@@ -148,14 +148,12 @@ fn build(
             .clone();
         let (addr, prefix) = discover(&first)?;
         let mask = u32::from(anyboot_dhcpd::config::prefix_mask(prefix));
-        let mut s = Subnet::new(
-            Ipv4Addr::from(u32::from(addr) & mask),
-            prefix,
-            start,
-            end,
-        );
+        let mut s = Subnet::new(Ipv4Addr::from(u32::from(addr) & mask), prefix, start, end);
         if !s.contains(start) || !s.contains(end) {
-            bail!("--pool `{pool}` is outside {first}'s subnet {}/{prefix}", s.network);
+            bail!(
+                "--pool `{pool}` is outside {first}'s subnet {}/{prefix}",
+                s.network
+            );
         }
         s.router = args.router;
         s.dns = args.dns.clone();

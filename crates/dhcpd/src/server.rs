@@ -365,7 +365,7 @@ impl Server {
         // those queued behind it) and send their replies, bounded by the grace
         // period.
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while durable {
+        while durable && (in_flight || core.poll_io_pending()) {
             if !in_flight {
                 match core.poll_io() {
                     Some(b) => in_flight = batch_tx.send(b).is_ok(),

@@ -250,10 +250,16 @@ mod tests {
         let path = dir.path().join("sub/leases");
         let (mut log, rec) = LeaseLog::open(&path, 0).unwrap();
         assert!(rec.is_empty());
-        log.append(&[lease(1, LeaseState::Bound, 5000), lease(2, LeaseState::Bound, 5000)])
-            .unwrap();
-        log.append(&[lease(1, LeaseState::Released, 100), lease(3, LeaseState::Declined, 50)])
-            .unwrap();
+        log.append(&[
+            lease(1, LeaseState::Bound, 5000),
+            lease(2, LeaseState::Bound, 5000),
+        ])
+        .unwrap();
+        log.append(&[
+            lease(1, LeaseState::Released, 100),
+            lease(3, LeaseState::Declined, 50),
+        ])
+        .unwrap();
         assert_eq!(log.fsyncs(), 2);
         drop(log);
         // A crash in the middle of a record.
@@ -266,7 +272,10 @@ mod tests {
         rec.sort_by_key(|l| l.addr);
         assert_eq!(
             rec,
-            vec![lease(1, LeaseState::Released, 100), lease(2, LeaseState::Bound, 5000)],
+            vec![
+                lease(1, LeaseState::Released, 100),
+                lease(2, LeaseState::Bound, 5000)
+            ],
             "decline past its hold dropped, torn record ignored"
         );
         // The compacted file takes appends again.

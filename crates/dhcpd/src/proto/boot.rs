@@ -91,7 +91,11 @@ pub fn mac_dashed(mac: &[u8]) -> String {
 }
 
 fn join_url(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 /// Decides the boot answer for `req`, or `None` when the client is not a boot

@@ -96,7 +96,10 @@ impl LeaseTable {
                 .push(lease.addr);
         }
         if !lease.hw.is_empty() {
-            self.by_hw.entry(lease.hw.clone()).or_default().push(lease.addr);
+            self.by_hw
+                .entry(lease.hw.clone())
+                .or_default()
+                .push(lease.addr);
         }
         self.by_addr.insert(lease.addr, lease);
     }

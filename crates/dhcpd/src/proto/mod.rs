@@ -209,6 +209,11 @@ impl Core {
         })
     }
 
+    /// Whether lease records wait for a batch.
+    pub fn poll_io_pending(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
     /// Reports the outcome of batch `id`. On success its held replies become
     /// ready; on failure they are dropped (clients retransmit and are answered
     /// once the store works again).
@@ -505,7 +510,14 @@ impl Core {
         }
     }
 
-    fn verdict(&self, req: &Req<'_>, si: usize, addr: Ipv4Addr, init: bool, now_ms: u64) -> Verdict {
+    fn verdict(
+        &self,
+        req: &Req<'_>,
+        si: usize,
+        addr: Ipv4Addr,
+        init: bool,
+        now_ms: u64,
+    ) -> Verdict {
         let subnet = &self.cfg.subnets[si];
         if !subnet.contains(addr) {
             // Wrong network for this link (INIT-REBOOT, SELECTING) must be NAKed;
@@ -517,9 +529,8 @@ impl Core {
             };
         }
         if !self.eligible(req, subnet, addr, now_ms) {
-            let known = self.leases.get(addr).is_some()
-                || subnet.in_pool(addr)
-                || self.is_reserved(addr);
+            let known =
+                self.leases.get(addr).is_some() || subnet.in_pool(addr) || self.is_reserved(addr);
             return if self.cfg.authoritative || known {
                 Verdict::Nak
             } else {
@@ -572,7 +583,7 @@ impl Core {
             self.stats.not_for_us += 1;
             return;
         }
-        if !self.leases.get(addr).is_some_and(|l| l.client == req.client) {
+        if self.leases.get(addr).is_none_or(|l| l.client != req.client) {
             self.stats.ignored += 1;
             return;
         }
@@ -636,8 +647,7 @@ impl Core {
     /// Requests to the PXE boot-server port 4011 (PXE 2.1 §2.2.5): an ACK with
     /// the boot file, unicast to where the request came from.
     fn pxe_port_request(&mut self, req: &Req<'_>, mtype: MessageType) {
-        if !matches!(mtype, MessageType::Request | MessageType::Inform)
-            || !is_pxe_vendor(&req.boot)
+        if !matches!(mtype, MessageType::Request | MessageType::Inform) || !is_pxe_vendor(&req.boot)
         {
             self.stats.ignored += 1;
             return;
@@ -703,8 +713,9 @@ impl Core {
     ) -> Transmit {
         let mut m = self.base_reply(req, kind, yiaddr);
         if kind == MessageType::Nak {
-            m.opts_mut()
-                .insert(DhcpOption::Message("address not available to this client".into()));
+            m.opts_mut().insert(DhcpOption::Message(
+                "address not available to this client".into(),
+            ));
             return self.finish(req, &m, kind);
         }
         let subnet = si.map(|i| &self.cfg.subnets[i]);
@@ -787,7 +798,10 @@ impl Core {
 fn is_pxe_vendor(b: &BootRequest) -> bool {
     matches!(
         b.vendor,
-        Some(anyboot_wire::dhcp::VendorClass::PxeClient | anyboot_wire::dhcp::VendorClass::HttpClient)
+        Some(
+            anyboot_wire::dhcp::VendorClass::PxeClient
+                | anyboot_wire::dhcp::VendorClass::HttpClient
+        )
     )
 }
 

@@ -297,7 +297,9 @@ fn init_reboot_renew_rebind() {
     );
     // REBINDING with the broadcast flag still goes to ciaddr (RFC 2131 §4.1).
     let mut rebind = msg(MessageType::Request, mac(1));
-    rebind.set_ciaddr(a).set_flags(v4::Flags::default().set_broadcast());
+    rebind
+        .set_ciaddr(a)
+        .set_flags(v4::Flags::default().set_broadcast());
     send(&mut c, T0 + 500_000, &rebind);
     assert_eq!(one(&mut c).0.dst, SocketAddrV4::new(a, 68));
 }
@@ -425,7 +427,9 @@ fn relayed_requests_use_the_relay_subnet_and_echo_option_82() {
     let mut m = msg(MessageType::Discover, mac(1));
     m.set_giaddr(relay).set_hops(1);
     let mut bytes = encode(&m);
-    let agent = [1u8, 3, b'p', b'1', b'7', 2, 4, 0xde, 0xad, 0xbe, 0xef, 0x99, 0];
+    let agent = [
+        1u8, 3, b'p', b'1', b'7', 2, 4, 0xde, 0xad, 0xbe, 0xef, 0x99, 0,
+    ];
     anyboot_wire::dhcp::append_option(&mut bytes, 82, &agent).unwrap();
     c.handle(
         T0,
@@ -646,7 +650,10 @@ fn proxy_dhcp_answers_only_pxe_clients_without_an_address() {
     cfg.proxy = true;
     let mut c = core_with(cfg);
     send(&mut c, T0, &msg(MessageType::Discover, mac(1)));
-    assert!(flush(&mut c).is_empty(), "plain clients are left to the real server");
+    assert!(
+        flush(&mut c).is_empty(),
+        "plain clients are left to the real server"
+    );
     send(
         &mut c,
         T0,
