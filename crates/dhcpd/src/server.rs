@@ -118,8 +118,9 @@ pub fn bind_device_socket(iface: &str, port: u16) -> io::Result<std::net::UdpSoc
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, 1)?;
-    // A deep receive queue absorbs bursts while a lease batch is being synced.
+    // Deep queues absorb bursts while a lease batch is being synced.
     let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
     let name = iface.as_bytes();
     // SAFETY: the name buffer outlives the call and its length is passed.
     let r = unsafe {
@@ -302,18 +303,7 @@ impl Server {
         });
         let durable = writer.is_some();
 
-        let send_all = |core: &mut Core| {
-            while let Some(t) = core.poll_transmit() {
-                match sockets.get(&(t.iface, t.from_port)) {
-                    Some(s) => {
-                        if let Err(e) = s.try_send_to(&t.payload, SocketAddr::V4(t.dst)) {
-                            debug!(dst = %t.dst, error = %e, "send failed");
-                        }
-                    }
-                    None => debug!(iface = t.iface, port = t.from_port, "no socket for reply"),
-                }
-            }
-        };
+        let mut send_errors = 0u64;
         let mut in_flight = false;
         let mut shutdown = std::pin::pin!(shutdown);
         let mut stats_at = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -355,7 +345,7 @@ impl Server {
                     }
                 }
             }
-            send_all(&mut core);
+            send_all(&mut core, &sockets, &mut send_errors).await;
         }
 
         for r in &readers {
@@ -385,15 +375,44 @@ impl Server {
                     break;
                 }
             }
-            send_all(&mut core);
+            send_all(&mut core, &sockets, &mut send_errors).await;
         }
         drop(batch_tx);
         if let Some(w) = writer {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
         log_stats(core.stats());
-        info!("stopped");
+        info!(send_errors, "stopped");
         Ok(())
+    }
+}
+
+/// Sends every ready reply. A full socket buffer is waited for rather than
+/// dropping the reply: the backlog then builds up in the receive queue, which
+/// is bounded.
+async fn send_all(
+    core: &mut Core,
+    sockets: &HashMap<(usize, u16), Arc<UdpSocket>>,
+    errors: &mut u64,
+) {
+    while let Some(t) = core.poll_transmit() {
+        let Some(s) = sockets.get(&(t.iface, t.from_port)) else {
+            debug!(iface = t.iface, port = t.from_port, "no socket for reply");
+            continue;
+        };
+        let dst = SocketAddr::V4(t.dst);
+        let r = match s.try_send_to(&t.payload, dst) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(Duration::from_secs(1), s.send_to(&t.payload, dst))
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            }
+            r => r,
+        };
+        if let Err(e) = r {
+            *errors += 1;
+            debug!(dst = %t.dst, error = %e, "send failed");
+        }
     }
 }
 
@@ -408,6 +427,8 @@ fn log_stats(s: &Stats) {
         rate_limited = s.rate_limited,
         per_mac_limit = s.per_mac_limit,
         pool_exhausted = s.pool_exhausted,
+        overloaded = s.overloaded,
+        ignored = s.ignored,
         "statistics"
     );
 }
