@@ -92,6 +92,10 @@ pub struct HostEntry {
     pub boot: DhcpBoot,
     /// Option 17; `{server}` is replaced by the server identifier.
     pub root_path: Option<String>,
+    /// Whether the boot tree has `hosts/<mac>.ipxe` for this host (it does for
+    /// hosts whose profile has variants); iPXE clients without one get the
+    /// generic script.
+    pub has_script: bool,
 }
 
 /// Runtime configuration of one server.
@@ -340,6 +344,11 @@ fn hosts_from(
             profile: h.profile.clone(),
             boot: ov.map(|o| o.boot.clone()).unwrap_or_default(),
             root_path,
+            has_script: h
+                .profile
+                .as_deref()
+                .and_then(|p| site.profile(p))
+                .is_some_and(|p| !p.variants.is_empty()),
         });
     }
     Ok(out)
@@ -427,6 +436,7 @@ mod tests {
         );
         let pc = c.hosts.iter().find(|h| h.name == "pc01").unwrap();
         assert_eq!(pc.root_path, None, "nbd profiles get no root path");
+        assert!(pc.has_script && office.has_script);
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn build(
                 profile: None,
                 boot: Default::default(),
                 root_path: None,
+                has_script: false,
             }),
         }
     }

@@ -306,7 +306,11 @@ impl Server {
         let mut send_errors = 0u64;
         let mut in_flight = false;
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut stats_at = tokio::time::Instant::now() + Duration::from_secs(60);
+        // Every 10 s: warn if datagrams were dropped since the last check
+        // (peer misbehaviour, rate-limited to one line); every minute: counters.
+        let mut stats_at = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut ticks = 0u32;
+        let mut dropped_before = 0u64;
         loop {
             let timeout = core.poll_timeout().saturating_sub(now_ms());
             tokio::select! {
@@ -332,8 +336,22 @@ impl Server {
                 }
                 _ = tokio::time::sleep(Duration::from_millis(timeout)) => core.handle_timeout(now_ms()),
                 _ = tokio::time::sleep_until(stats_at) => {
-                    log_stats(core.stats());
-                    stats_at = tokio::time::Instant::now() + Duration::from_secs(60);
+                    let st = core.stats();
+                    if st.dropped() > dropped_before {
+                        warn!(
+                            dropped = st.dropped() - dropped_before,
+                            malformed = st.malformed,
+                            rate_limited = st.rate_limited,
+                            per_mac_limit = st.per_mac_limit,
+                            "datagrams dropped in the last 10 s (totals since start follow)"
+                        );
+                        dropped_before = st.dropped();
+                    }
+                    ticks += 1;
+                    if ticks % 6 == 0 {
+                        log_stats(st);
+                    }
+                    stats_at = tokio::time::Instant::now() + Duration::from_secs(10);
                 }
             }
             if !in_flight {

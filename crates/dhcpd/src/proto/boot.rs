@@ -132,8 +132,8 @@ pub fn decide(
     if req.ipxe {
         // Already running iPXE: hand out the script, never the binary again.
         let script = match host {
-            Some(_) => format!("hosts/{}.ipxe", mac_dashed(chaddr)),
-            None => l
+            Some(h) if h.has_script => format!("hosts/{}.ipxe", mac_dashed(chaddr)),
+            _ => l
                 .pick(|b| b.unknown_host_script.as_ref())
                 .unwrap_or_else(|| "boot.ipxe".to_owned()),
         };

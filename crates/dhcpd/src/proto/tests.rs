@@ -46,6 +46,7 @@ fn config() -> Config {
             profile: Some("office".into()),
             boot: DhcpBoot::default(),
             root_path: Some("iscsi:{server}::::iqn.2026-11.org.anyboot:desktop".into()),
+            has_script: true,
         }],
         client_id_reservations: vec![(b"\x00fixed-client".to_vec(), ip(12))],
         ..Config::default()
@@ -633,6 +634,12 @@ fn ipxe_gets_its_script_not_the_binary_again() {
         )));
     send(&mut c, T0, &m);
     assert_eq!(file(&one(&mut c).1).as_deref(), Some("boot.ipxe"));
+    // A host whose profile has no boot menu has no per-host script either.
+    let mut cfg = config();
+    cfg.hosts[0].has_script = false;
+    let mut c2 = core_with(cfg);
+    send(&mut c2, T0, &by_user_class);
+    assert_eq!(file(&one(&mut c2).1).as_deref(), Some("boot.ipxe"));
     // With an HTTP base URL the script is fetched over HTTP.
     let mut cfg = config();
     cfg.boot.http_base = Some("http://10.0.0.1:8080".into());
