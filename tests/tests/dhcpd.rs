@@ -432,3 +432,216 @@ fn two_interfaces_two_subnets_and_a_relayed_subnet_from_a_config_file() {
     );
     server.stop();
 }
+
+/// Runs `f` on a thread that has entered network namespace `ns`, so the
+/// sockets it creates live there (a hand-built PXE client: no packaged client
+/// sends option 93/60/77 the way firmware does).
+fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid namespace fd; setns affects only this thread.
+        let r = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A BOOTREQUEST with chaddr `mac` and `options` (code, value).
+fn bootrequest(mac: [u8; 6], ciaddr: [u8; 4], options: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    p[0] = 1; // BOOTREQUEST
+    p[1] = 1; // Ethernet
+    p[2] = 6;
+    p[4..8].copy_from_slice(&[0x12, 0x34, 0x56, mac[5]]);
+    p[10] = 0x80; // broadcast flag
+    p[12..16].copy_from_slice(&ciaddr);
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    for (c, v) in options {
+        p.push(*c);
+        p.push(v.len() as u8);
+        p.extend_from_slice(v);
+    }
+    p.push(255);
+    p
+}
+
+/// Option `code` of a reply, walking its options.
+fn reply_option(p: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut i = 240;
+    while i + 1 < p.len() {
+        match p[i] {
+            0 => i += 1,
+            255 => return None,
+            c => {
+                let len = p[i + 1] as usize;
+                let v = p.get(i + 2..i + 2 + len)?;
+                if c == code {
+                    return Some(v.to_vec());
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
+/// Sends `req` from `local` to `dst` and returns the first reply with the
+/// same xid, or `None` after `wait`.
+fn exchange(
+    ifname: &str,
+    local: &str,
+    dst: &str,
+    req: Vec<u8>,
+    wait: Duration,
+) -> Option<(Vec<u8>, std::net::SocketAddr)> {
+    let s = std::net::UdpSocket::bind(local).unwrap();
+    s.set_broadcast(true).unwrap();
+    // Like firmware, send out of the interface without needing an address or
+    // a route.
+    use std::os::fd::AsRawFd;
+    // SAFETY: the name buffer outlives the call and its length is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            ifname.as_ptr() as *const libc::c_void,
+            ifname.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_BINDTODEVICE {ifname}");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.send_to(&req, dst).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 1500];
+    while start.elapsed() < wait {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            if n >= 240 && buf[0] == 2 && buf[4..8] == req[4..8] {
+                return Some((buf[..n].to_vec(), from));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn pxe_ipxe_and_proxy_answers_over_real_sockets() {
+    let lab = Lab::new("dh6", 1);
+    let client = &lab.clients[0].0;
+    let ifname = lab.clients[0].1.clone();
+    const PXE: &[u8] = b"PXEClient:Arch:00000:UNDI:002001";
+    let mac = [0x52, 0x54, 0, 0, 0, 0x61];
+    // Normal mode: a BIOS PXE ROM gets undionly.kpxe, a chainloaded iPXE its
+    // script (no boot loop).
+    let server = lab.start_server(
+        "dhcpd",
+        &[
+            "--pool",
+            "10.9.0.100-10.9.0.110",
+            "--boot-file-bios",
+            "undionly.kpxe",
+            "--ipxe-script",
+            "boot.ipxe",
+        ],
+    );
+    let i = ifname.clone();
+    let (rom, ipxe) = in_netns(client, move || {
+        let rom = bootrequest(mac, [0; 4], &[(53, &[1]), (93, &[0, 0]), (60, PXE)]);
+        let ipxe = bootrequest(
+            mac,
+            [0; 4],
+            &[(53, &[1]), (93, &[0, 0]), (60, PXE), (77, b"iPXE")],
+        );
+        (
+            exchange(
+                &i,
+                "0.0.0.0:68",
+                "255.255.255.255:67",
+                rom,
+                Duration::from_secs(5),
+            ),
+            exchange(
+                &i,
+                "0.0.0.0:68",
+                "255.255.255.255:67",
+                ipxe,
+                Duration::from_secs(5),
+            ),
+        )
+    });
+    let (rom, _) = rom.expect("no OFFER for the PXE ROM");
+    assert_eq!(
+        reply_option(&rom, 67).as_deref(),
+        Some(&b"undionly.kpxe"[..])
+    );
+    assert_eq!(reply_option(&rom, 60).as_deref(), Some(&b"PXEClient"[..]));
+    assert_eq!(&rom[20..24], &[10, 9, 0, 1], "siaddr is the TFTP server");
+    assert_ne!(&rom[16..20], &[0, 0, 0, 0], "an address is offered");
+    let (ipxe, _) = ipxe.expect("no OFFER for iPXE");
+    assert_eq!(reply_option(&ipxe, 67).as_deref(), Some(&b"boot.ipxe"[..]));
+    server.stop();
+
+    // proxyDHCP: no address, only PXE clients, and port 4011.
+    let server = lab.start_server("dhcpd-proxy", &["--proxy"]);
+    // The client has an address from "the other" DHCP server.
+    client.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        "10.9.0.77/24",
+        "dev",
+        &lab.clients[0].1,
+    ]);
+    let i = ifname.clone();
+    let (plain, offer, ack) = in_netns(client, move || {
+        let plain = bootrequest([2, 0, 0, 0, 0, 1], [0; 4], &[(53, &[1])]);
+        let disc = bootrequest(mac, [0; 4], &[(53, &[1]), (93, &[0, 0]), (60, PXE)]);
+        let req = bootrequest(mac, [10, 9, 0, 77], &[(53, &[3]), (93, &[0, 0]), (60, PXE)]);
+        (
+            exchange(
+                &i,
+                "0.0.0.0:68",
+                "255.255.255.255:67",
+                plain,
+                Duration::from_secs(2),
+            ),
+            exchange(
+                &i,
+                "0.0.0.0:68",
+                "255.255.255.255:67",
+                disc,
+                Duration::from_secs(5),
+            ),
+            exchange(
+                &i,
+                "10.9.0.77:4011",
+                "10.9.0.1:4011",
+                req,
+                Duration::from_secs(5),
+            ),
+        )
+    });
+    assert!(plain.is_none(), "proxyDHCP answered a non-PXE client");
+    let (offer, _) = offer.expect("no proxy OFFER");
+    assert_eq!(&offer[16..20], &[0, 0, 0, 0], "proxy offers no address");
+    assert_eq!(reply_option(&offer, 53).as_deref(), Some(&[2u8][..]));
+    assert_eq!(reply_option(&offer, 60).as_deref(), Some(&b"PXEClient"[..]));
+    assert_eq!(
+        reply_option(&offer, 67).as_deref(),
+        Some(&b"undionly.kpxe"[..])
+    );
+    let (ack, from) = ack.expect("no ACK on port 4011");
+    assert_eq!(reply_option(&ack, 53).as_deref(), Some(&[5u8][..]));
+    assert_eq!(from.port(), 4011);
+    assert_eq!(
+        reply_option(&ack, 67).as_deref(),
+        Some(&b"undionly.kpxe"[..])
+    );
+    server.stop();
+}
