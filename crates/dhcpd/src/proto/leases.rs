@@ -122,14 +122,29 @@ impl LeaseTable {
             .find(|l| l.state != LeaseState::Declined)
     }
 
-    /// Addresses `hw` holds (offered or bound, unexpired), other than `except`.
+    /// Addresses `hw` takes out of the pool (offered, bound, or declined by it
+    /// and still withheld), other than `except`. Counting declines stops a
+    /// client from emptying the pool by DISCOVER/REQUEST/DECLINE cycles.
     pub fn active_for_hw(&self, hw: &[u8], now_ms: u64, except: Option<Ipv4Addr>) -> usize {
         self.by_hw.get(hw).map_or(0, |v| {
             v.iter()
                 .filter(|a| Some(**a) != except)
                 .filter_map(|a| self.by_addr.get(a))
-                .filter(|l| l.state != LeaseState::Declined && l.active(now_ms))
+                .filter(|l| l.active(now_ms))
                 .count()
+        })
+    }
+
+    /// Other addresses `client` holds in `subnet` besides `keep`, which a new
+    /// binding supersedes (a client has one address per subnet).
+    pub fn superseded(&self, client: &[u8], subnet: &Subnet, keep: Ipv4Addr) -> Vec<Lease> {
+        self.by_client.get(client).map_or_else(Vec::new, |v| {
+            v.iter()
+                .filter(|a| **a != keep && subnet.contains(**a))
+                .filter_map(|a| self.by_addr.get(a))
+                .filter(|l| matches!(l.state, LeaseState::Offered | LeaseState::Bound))
+                .cloned()
+                .collect()
         })
     }
 

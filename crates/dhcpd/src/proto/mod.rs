@@ -556,6 +556,15 @@ impl Core {
             state: LeaseState::Bound,
             expires_ms: now_ms + u64::from(lt) * 1000,
         };
+        for mut old in self
+            .leases
+            .superseded(&req.client, &self.cfg.subnets[si], addr)
+        {
+            old.state = LeaseState::Released;
+            old.expires_ms = now_ms;
+            self.leases.put(old.clone());
+            self.writes.push(old);
+        }
         self.leases.put(lease.clone());
         self.writes.push(lease);
         let out = self.reply(req, MessageType::Ack, addr, Some(si), Some(lt));
@@ -587,14 +596,16 @@ impl Core {
             self.stats.ignored += 1;
             return;
         }
+        // The client identity is dropped (the address is nobody's), the
+        // hardware address kept so the decline counts against its bound.
         let l = Lease {
             addr,
             client: Vec::new(),
-            hw: Vec::new(),
+            hw: req.hw.clone(),
             state: LeaseState::Declined,
             expires_ms: now_ms + u64::from(self.cfg.decline_hold) * 1000,
         };
-        debug!(%addr, "declined: address withheld");
+        tracing::warn!(%addr, mac = %boot::mac_dashed(&req.hw), "DECLINE: address in use by an unknown host; withheld");
         self.leases.put(l.clone());
         self.writes.push(l);
         self.stats.declines += 1;

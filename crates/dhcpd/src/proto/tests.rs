@@ -422,6 +422,62 @@ fn release_frees_and_decline_withholds() {
 }
 
 #[test]
+fn decline_cycles_from_one_mac_cannot_empty_the_pool() {
+    let mut c = core();
+    let mut declined = 0;
+    for round in 0..4u64 {
+        let now = T0 + round * 1000;
+        send(&mut c, now, &msg(MessageType::Discover, mac(1)));
+        let Some((_, offer)) = flush(&mut c).pop() else {
+            continue;
+        };
+        let req = with(
+            with(
+                msg(MessageType::Request, mac(1)),
+                DhcpOption::ServerIdentifier(SERVER),
+            ),
+            DhcpOption::RequestedIpAddress(offer.yiaddr()),
+        );
+        send(&mut c, now, &req);
+        let _ = flush(&mut c);
+        let dec = with(
+            with(
+                msg(MessageType::Decline, mac(1)),
+                DhcpOption::ServerIdentifier(SERVER),
+            ),
+            DhcpOption::RequestedIpAddress(offer.yiaddr()),
+        );
+        send(&mut c, now, &dec);
+        let _ = flush(&mut c);
+        declined += 1;
+    }
+    assert_eq!(
+        declined, 2,
+        "max_leases_per_mac (2) bounds the declines too"
+    );
+    assert_eq!(c.stats().declines, 2);
+    // Two of the four pool addresses remain for everybody else.
+    assert!(ip(100) <= dora(&mut c, T0 + 5000, mac(2)));
+    assert!(ip(100) <= dora(&mut c, T0 + 5000, mac(3)));
+}
+
+#[test]
+fn a_new_binding_supersedes_the_clients_old_address() {
+    let mut c = core();
+    let a = dora(&mut c, T0, mac(1));
+    // The client asks for (and may have) another free address.
+    let other = if a == ip(103) { ip(102) } else { ip(103) };
+    let req = with(
+        msg(MessageType::Request, mac(1)),
+        DhcpOption::RequestedIpAddress(other),
+    );
+    send(&mut c, T0, &req);
+    assert_eq!(one(&mut c).1.yiaddr(), other);
+    assert_eq!(c.leases().get(a).unwrap().state, LeaseState::Released);
+    assert_eq!(c.leases().active_for_hw(&mac(1), T0, None), 1);
+}
+
+#[test]
 fn relayed_requests_use_the_relay_subnet_and_echo_option_82() {
     let mut c = core();
     let relay = Ipv4Addr::new(10, 7, 0, 1);
