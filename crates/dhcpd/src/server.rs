@@ -245,17 +245,21 @@ impl Server {
             log,
         } = self;
         let (rx_tx, mut rx) = mpsc::channel::<Rx>(RX_QUEUE);
+        let queue_full = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut readers = Vec::new();
         for (&(iface, port), sock) in &sockets {
             let sock = sock.clone();
             let tx = rx_tx.clone();
+            let queue_full = queue_full.clone();
             readers.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
                 loop {
                     let (n, src) = match sock.recv_from(&mut buf).await {
                         Ok(x) => x,
                         Err(e) => {
+                            // Do not spin on a persistent error (interface gone).
                             debug!(error = %e, "recv failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
                     };
@@ -266,10 +270,14 @@ impl Server {
                         src,
                         data: buf[..n].to_vec(),
                     };
-                    // A full queue means we are overloaded: drop, as the
-                    // kernel would.
-                    if tx.try_send(rx).is_err() && tx.is_closed() {
-                        return;
+                    // A full queue means we are overloaded: drop (and count),
+                    // as the kernel would.
+                    match tx.try_send(rx) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
                 }
             }));
@@ -400,7 +408,11 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
         log_stats(core.stats());
-        info!(send_errors, "stopped");
+        info!(
+            send_errors,
+            queue_full = queue_full.load(std::sync::atomic::Ordering::Relaxed),
+            "stopped"
+        );
         Ok(())
     }
 }
