@@ -112,14 +112,22 @@ impl LeaseTable {
         Some(old)
     }
 
-    /// The address `client` holds or held in `subnet`, if any.
+    /// The address `client` holds or held in `subnet`, if any: the one it holds
+    /// now (bound, or offered) before ones it released or let expire, and among
+    /// those the most recent.
     pub fn of_client(&self, client: &[u8], subnet: &Subnet) -> Option<&Lease> {
         self.by_client
             .get(client)?
             .iter()
             .filter(|a| subnet.contains(**a))
             .filter_map(|a| self.by_addr.get(a))
-            .find(|l| l.state != LeaseState::Declined)
+            .filter(|l| l.state != LeaseState::Declined)
+            .max_by_key(|l| {
+                (
+                    matches!(l.state, LeaseState::Bound | LeaseState::Offered),
+                    l.expires_ms,
+                )
+            })
     }
 
     /// Addresses `hw` takes out of the pool (offered, bound, or declined by it

@@ -824,3 +824,170 @@ proptest! {
         let _ = flush(&mut c);
     }
 }
+
+/// One step of the model run: what client `who` does, and what the network
+/// does to the replies.
+#[derive(Debug, Clone)]
+enum Step {
+    Discover(u8),
+    /// REQUEST (SELECTING) the last address offered to the client.
+    Select(u8),
+    /// RENEWING: unicast REQUEST for the bound address.
+    Renew(u8),
+    /// INIT-REBOOT for the bound address.
+    Reboot(u8),
+    Release(u8),
+    /// Time passes (seconds).
+    Wait(u16),
+    /// kill -9: a new core from what reached the disk.
+    Crash,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u8..6).prop_map(Step::Discover),
+        4 => (0u8..6).prop_map(Step::Select),
+        2 => (0u8..6).prop_map(Step::Renew),
+        2 => (0u8..6).prop_map(Step::Reboot),
+        1 => (0u8..6).prop_map(Step::Release),
+        2 => (1u16..400).prop_map(Step::Wait),
+        1 => Just(Step::Crash),
+    ]
+}
+
+/// What a client believes: its last offer and its acknowledged lease.
+#[derive(Debug, Clone, Default)]
+struct ClientView {
+    offer: Option<Ipv4Addr>,
+    bound: Option<(Ipv4Addr, u64)>,
+    /// When the client last sent a REQUEST: a lease runs from then
+    /// (RFC 2131 §4.4.1), however late the ACK arrives.
+    sent_ms: u64,
+    /// Whether a REQUEST is outstanding (a real client ignores ACKs it is not
+    /// waiting for: after a RELEASE it is in INIT).
+    awaiting: bool,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Six clients, a four-address pool, replies lost or duplicated, lease
+    /// writes that complete late or never (crash): no two clients ever hold
+    /// an acknowledged, unexpired lease on the same address, and the server
+    /// agrees with every client that holds one.
+    #[test]
+    fn model_clients_never_share_an_address(
+        steps in proptest::collection::vec((step(), any::<bool>(), any::<bool>(), any::<bool>()), 1..80)
+    ) {
+        let mut now = T0;
+        let mut core = core();
+        let mut disk: Vec<Lease> = Vec::new();
+        let mut views = vec![ClientView::default(); 6];
+        for (s, lose, dup, late) in steps {
+            let m = match &s {
+                Step::Discover(n) => Some((*n, msg(MessageType::Discover, mac(*n)))),
+                Step::Select(n) => views[*n as usize].offer.map(|a| (*n, with(
+                    with(msg(MessageType::Request, mac(*n)), DhcpOption::ServerIdentifier(SERVER)),
+                    DhcpOption::RequestedIpAddress(a),
+                ))),
+                Step::Renew(n) => views[*n as usize].bound.map(|(a, _)| {
+                    let mut r = msg(MessageType::Request, mac(*n));
+                    r.set_ciaddr(a);
+                    (*n, r)
+                }),
+                Step::Reboot(n) => views[*n as usize].bound.map(|(a, _)| (*n, with(
+                    msg(MessageType::Request, mac(*n)),
+                    DhcpOption::RequestedIpAddress(a),
+                ))),
+                Step::Release(n) => views[*n as usize].bound.map(|(a, _)| {
+                    let mut r = with(msg(MessageType::Release, mac(*n)), DhcpOption::ServerIdentifier(SERVER));
+                    r.set_ciaddr(a);
+                    (*n, r)
+                }),
+                Step::Wait(secs) => {
+                    now += u64::from(*secs) * 1000;
+                    core.handle_timeout(now);
+                    None
+                }
+                Step::Crash => {
+                    // Held ACKs and unwritten records die with the process.
+                    let mut last = std::collections::HashMap::new();
+                    for l in &disk {
+                        last.insert(l.addr, l.clone());
+                    }
+                    core = Core::new(config(), core.ifaces().to_vec(), last.into_values(), now);
+                    None
+                }
+            };
+            if let Some((n, m)) = m {
+                let v = &mut views[n as usize];
+                match s {
+                    Step::Release(_) => {
+                        v.bound = None;
+                        v.awaiting = false;
+                    }
+                    // A client only DISCOVERs in INIT, without a lease.
+                    Step::Discover(_) => {
+                        v.bound = None;
+                        v.awaiting = false;
+                    }
+                    _ => {
+                        v.sent_ms = now;
+                        v.awaiting = true;
+                    }
+                }
+                core.handle(now, ingress(67), &encode(&m));
+                if dup {
+                    core.handle(now, ingress(67), &encode(&m));
+                }
+            }
+            // Lease writes: sometimes only after the next step ("late").
+            if !late {
+                while let Some(b) = core.poll_io() {
+                    disk.extend(b.leases.iter().cloned());
+                    core.complete(b.id, true);
+                }
+            }
+            while let Some(t) = core.poll_transmit() {
+                if lose {
+                    continue;
+                }
+                let r = v4::Message::decode(&mut dhcproto::Decoder::new(&t.payload)).unwrap();
+                let n = r.chaddr()[5] as usize;
+                let v = &mut views[n];
+                match r.opts().msg_type() {
+                    Some(MessageType::Offer) => v.offer = Some(r.yiaddr()),
+                    Some(MessageType::Ack) if v.awaiting => {
+                        v.awaiting = false;
+                        let lt = match r.opts().get(OptionCode::AddressLeaseTime) {
+                            Some(DhcpOption::AddressLeaseTime(s)) => u64::from(*s),
+                            _ => 0,
+                        };
+                        v.bound = Some((r.yiaddr(), v.sent_ms + lt * 1000));
+                    }
+                    Some(MessageType::Nak) if v.awaiting => {
+                        v.awaiting = false;
+                        v.bound = None;
+                    }
+                    _ => {}
+                }
+            }
+            // The invariant.
+            let live: Vec<(usize, Ipv4Addr)> = views
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.bound.filter(|(_, e)| *e > now).map(|(a, _)| (i, a)))
+                .collect();
+            for (i, a) in &live {
+                for (j, b) in &live {
+                    prop_assert!(i == j || a != b, "clients {i} and {j} both hold {a}");
+                }
+                let l = core.leases().get(*a);
+                prop_assert!(
+                    l.is_some_and(|l| l.hw == mac(*i as u8) && l.state == LeaseState::Bound),
+                    "client {i} holds {a} but the server has {l:?}"
+                );
+            }
+        }
+    }
+}
