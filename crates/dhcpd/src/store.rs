@@ -293,6 +293,32 @@ mod tests {
         assert!(LeaseLog::open(&path, 0).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn records_round_trip(
+            addr in proptest::prelude::any::<u32>(),
+            client in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..255),
+            hw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+            state in 0u8..4,
+            exp in proptest::prelude::any::<u64>(),
+        ) {
+            let l = Lease {
+                addr: Ipv4Addr::from(addr),
+                client,
+                hw,
+                state: [LeaseState::Offered, LeaseState::Bound, LeaseState::Released, LeaseState::Declined][state as usize],
+                expires_ms: exp,
+            };
+            let mut buf = Vec::new();
+            encode(&l, &mut buf);
+            proptest::prop_assert_eq!(decode(&buf), Some((l, buf.len())));
+            // Any truncation is detected, never misread.
+            for cut in 0..buf.len() {
+                proptest::prop_assert_eq!(decode(&buf[..cut]), None);
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder() {
         use proptest::prelude::*;
