@@ -687,7 +687,7 @@ impl Core {
         }
         let mut m = self.base_reply(req, kind, Ipv4Addr::UNSPECIFIED);
         apply_boot(&mut m, &b);
-        Some(self.finish(req, &m, kind))
+        Some(self.finish(req, m, kind))
     }
 
     // ---- reply construction ---------------------------------------------
@@ -727,7 +727,7 @@ impl Core {
             m.opts_mut().insert(DhcpOption::Message(
                 "address not available to this client".into(),
             ));
-            return self.finish(req, &m, kind);
+            return self.finish(req, m, kind);
         }
         let subnet = si.map(|i| &self.cfg.subnets[i]);
         if let Some(s) = subnet {
@@ -757,13 +757,12 @@ impl Core {
         if let Some(b) = boot::decide(&self.cfg, subnet, host, &req.hw, req.server_id, &req.boot) {
             apply_boot(&mut m, &b);
         }
-        self.finish(req, &m, kind)
+        self.finish(req, m, kind)
     }
 
     /// Encodes, echoes option 82 verbatim (RFC 3046 §2.2) and addresses the
     /// reply (RFC 2131 §4.1).
-    fn finish(&self, req: &Req<'_>, m: &v4::Message, kind: MessageType) -> Transmit {
-        let mut m = m.clone();
+    fn finish(&self, req: &Req<'_>, mut m: v4::Message, kind: MessageType) -> Transmit {
         let giaddr = req.msg.giaddr();
         if kind == MessageType::Nak && !giaddr.is_unspecified() {
             // The relay must broadcast a NAK (RFC 2131 §4.1).

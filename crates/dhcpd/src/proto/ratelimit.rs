@@ -42,10 +42,16 @@ impl RateLimiter {
             }
         }
         let rate = self.rate;
-        let b = self.buckets.entry(key.to_vec()).or_insert(Bucket {
-            tokens: rate,
-            last_ms: now_ms,
-        });
+        if !self.buckets.contains_key(key) {
+            self.buckets.insert(
+                key.to_vec(),
+                Bucket {
+                    tokens: rate,
+                    last_ms: now_ms,
+                },
+            );
+        }
+        let b = self.buckets.get_mut(key).expect("inserted above");
         let elapsed = now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;
         b.tokens = (b.tokens + elapsed * rate).min(rate);
         b.last_ms = now_ms;
