@@ -73,6 +73,14 @@ fn parse_perfdhcp(out: &str) -> Result<Outcome> {
     Ok(o)
 }
 
+/// The 1-minute load average (how contended the shared machine was).
+fn load1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// UDP datagrams the namespace's kernel dropped because a socket's receive
 /// buffer was full (`RcvbufErrors` in /proc/net/snmp).
 fn rcvbuf_errors(ns: &Netns) -> u64 {
@@ -340,12 +348,13 @@ fn main() -> Result<()> {
                 f64::NAN
             };
             println!(
-                "{:>8} offered {rate:>6}/s: {:>9.1} exchanges/s, {} DISCOVERs, {} ACKs, {:.2}% lost, {cpu:.2} CPU s, {us_per_ack:.1} CPU us/ACK; socket-buffer drops: server {srv_drops}, perfdhcp {cli_drops}",
+                "{:>8} offered {rate:>6}/s: {:>9.1} exchanges/s, {} DISCOVERs, {} ACKs, {:.2}% lost, {cpu:.2} CPU s, {us_per_ack:.1} CPU us/ACK; socket-buffer drops: server {srv_drops}, perfdhcp {cli_drops}; load {}",
                 peer.name(),
                 o.rate,
                 o.sent,
                 o.acked,
-                o.drop_pct()
+                o.drop_pct(),
+                load1()
             );
             if peer == Peer::Anyboot {
                 // kill -9, then count what a restart recovers from the log.
