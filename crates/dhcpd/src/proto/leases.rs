@@ -3,7 +3,7 @@
 //! the requested address, a never-used address, the longest-expired address),
 //! and the per-hardware-address bound.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use crate::config::Subnet;
@@ -55,6 +55,12 @@ pub struct LeaseTable {
     by_hw: HashMap<Vec<u8>, Vec<Ipv4Addr>>,
     /// Next never-used candidate per subnet (index into the pool).
     cursors: HashMap<Ipv4Addr, u32>,
+    /// Subnets (by network) whose pool has no never-used address left; an
+    /// address only becomes never-used again through `remove`.
+    no_fresh: HashSet<Ipv4Addr>,
+    /// Every lease by (expiry, address): the least recently used inactive
+    /// address is the first one at or before "now".
+    by_expiry: BTreeSet<(u64, Ipv4Addr)>,
 }
 
 fn remove_from(map: &mut HashMap<Vec<u8>, Vec<Ipv4Addr>>, key: &[u8], addr: Ipv4Addr) {
@@ -88,7 +94,9 @@ impl LeaseTable {
         if let Some(old) = self.by_addr.remove(&lease.addr) {
             remove_from(&mut self.by_client, &old.client, old.addr);
             remove_from(&mut self.by_hw, &old.hw, old.addr);
+            self.by_expiry.remove(&(old.expires_ms, old.addr));
         }
+        self.by_expiry.insert((lease.expires_ms, lease.addr));
         if !lease.client.is_empty() {
             self.by_client
                 .entry(lease.client.clone())
@@ -109,6 +117,8 @@ impl LeaseTable {
         let old = self.by_addr.remove(&addr)?;
         remove_from(&mut self.by_client, &old.client, addr);
         remove_from(&mut self.by_hw, &old.hw, addr);
+        self.by_expiry.remove(&(old.expires_ms, addr));
+        self.no_fresh.clear();
         Some(old)
     }
 
@@ -167,29 +177,37 @@ impl LeaseTable {
 
     /// Picks a free pool address for a new client: first never-used addresses
     /// (from a rotating cursor), then the one whose lease ended longest ago.
-    /// `usable` excludes reserved and server addresses.
+    /// `usable` excludes reserved and server addresses. Once every pool address
+    /// has been used, no pool scan happens again until one is forgotten.
     pub fn pick_free(
         &mut self,
         subnet: &Subnet,
         now_ms: u64,
         usable: impl Fn(Ipv4Addr) -> bool,
     ) -> Option<Ipv4Addr> {
-        let start = u32::from(subnet.pool_start);
-        let size = u32::from(subnet.pool_end) - start + 1;
-        let cursor = self.cursors.entry(subnet.network).or_insert(0);
-        for i in 0..size {
-            let off = (*cursor + i) % size;
-            let a = Ipv4Addr::from(start + off);
-            if !self.by_addr.contains_key(&a) && usable(a) {
-                *cursor = (off + 1) % size;
-                return Some(a);
+        if !self.no_fresh.contains(&subnet.network) {
+            let start = u32::from(subnet.pool_start);
+            let size = u32::from(subnet.pool_end) - start + 1;
+            let cursor = self.cursors.entry(subnet.network).or_insert(0);
+            for i in 0..size {
+                let off = (*cursor + i) % size;
+                let a = Ipv4Addr::from(start + off);
+                if !self.by_addr.contains_key(&a) && usable(a) {
+                    *cursor = (off + 1) % size;
+                    return Some(a);
+                }
             }
+            self.no_fresh.insert(subnet.network);
         }
-        self.by_addr
-            .values()
-            .filter(|l| subnet.in_pool(l.addr) && !l.active(now_ms) && usable(l.addr))
-            .min_by_key(|l| (l.state != LeaseState::Released, l.expires_ms, l.addr))
-            .map(|l| l.addr)
+        // Expired (or released, expiry = release time) leases, oldest first.
+        self.by_expiry
+            .range(..=(now_ms, Ipv4Addr::BROADCAST))
+            .map(|(_, a)| *a)
+            .find(|a| {
+                subnet.in_pool(*a)
+                    && usable(*a)
+                    && self.by_addr.get(a).is_some_and(|l| !l.active(now_ms))
+            })
     }
 
     /// Drops offers and declines that ran out (bound leases stay, expired, so
@@ -207,5 +225,60 @@ impl LeaseTable {
             self.remove(*a);
         }
         stale.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(d: u8, state: LeaseState, exp: u64) -> Lease {
+        Lease {
+            addr: Ipv4Addr::new(10, 0, 0, d),
+            client: vec![1, d],
+            hw: vec![2, d],
+            state,
+            expires_ms: exp,
+        }
+    }
+
+    #[test]
+    fn pick_free_prefers_never_used_then_least_recently_used() {
+        let subnet = Subnet::new(
+            Ipv4Addr::new(10, 0, 0, 0),
+            24,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 4),
+        );
+        let mut t = LeaseTable::default();
+        for d in 1..=4 {
+            let a = t.pick_free(&subnet, 0, |_| true).unwrap();
+            assert_eq!(a, Ipv4Addr::new(10, 0, 0, d));
+            t.put(lease(d, LeaseState::Bound, 1000));
+        }
+        assert_eq!(t.pick_free(&subnet, 500, |_| true), None, "all bound");
+        t.put(lease(3, LeaseState::Released, 600));
+        t.put(lease(1, LeaseState::Released, 700));
+        assert_eq!(
+            t.pick_free(&subnet, 800, |_| true),
+            Some(Ipv4Addr::new(10, 0, 0, 3)),
+            "the address released first"
+        );
+        assert_eq!(
+            t.pick_free(&subnet, 800, |a| a != Ipv4Addr::new(10, 0, 0, 3)),
+            Some(Ipv4Addr::new(10, 0, 0, 1))
+        );
+        // After expiry every bound lease is a candidate, oldest first.
+        assert_eq!(
+            t.pick_free(&subnet, 2000, |a| a.octets()[3] % 2 == 0),
+            Some(Ipv4Addr::new(10, 0, 0, 2))
+        );
+        // A forgotten address is never-used again and comes first.
+        t.put(lease(4, LeaseState::Offered, 900));
+        assert_eq!(t.sweep(1000), 1);
+        assert_eq!(
+            t.pick_free(&subnet, 1000, |_| true),
+            Some(Ipv4Addr::new(10, 0, 0, 4))
+        );
     }
 }
