@@ -265,6 +265,15 @@ fn an_exhausted_pool_gives_the_third_client_nothing() {
     }
     got.sort();
     assert_eq!(got, vec!["10.9.0.100", "10.9.0.101"]);
+    // OFFER and ACK went unicast to yiaddr at chaddr (RFC 2131 §4.1): the
+    // server installed the neighbour entries the clients could not answer.
+    let neigh = lab.server.exec_ok(&["ip", "neigh", "show", "dev", "br0"]);
+    for a in &got {
+        assert!(
+            neigh.contains(a.as_str()),
+            "no neighbour entry for {a}: {neigh}"
+        );
+    }
     // udhcpc -n exits non-zero when no lease was obtained.
     let out = run(&mut lab.udhcpc(2, &["-q", "-n", "-t", "3", "-T", "1"]));
     assert!(!out.status.success(), "third client got a lease: {out:?}");

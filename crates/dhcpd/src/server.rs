@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -153,6 +153,52 @@ pub fn bind_device_socket(iface: &str, port: u16) -> io::Result<std::net::UdpSoc
         return Err(io::Error::last_os_error());
     }
     Ok(std::net::UdpSocket::from(owned))
+}
+
+/// `ATF_COM` from <linux/if_arp.h>: a completed (resolved) neighbour entry.
+const ATF_COM: i32 = 0x02;
+
+/// Tells the kernel that `ip` is at Ethernet address `mac` on `iface`
+/// (SIOCSARP), so a unicast to a client that cannot answer ARP yet leaves.
+/// Needs CAP_NET_ADMIN.
+pub fn set_arp_entry(fd: i32, iface: &str, ip: Ipv4Addr, mac: [u8; 6]) -> io::Result<()> {
+    // SAFETY: arpreq is plain old data; all-zero is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in fits in sockaddr (both 16 bytes); byte copy.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            &sin as *const libc::sockaddr_in as *const u8,
+            &mut req.arp_pa as *mut libc::sockaddr as *mut u8,
+            std::mem::size_of::<libc::sockaddr_in>(),
+        )
+    };
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (d, s) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+        *d = s as libc::c_char;
+    }
+    req.arp_flags = ATF_COM;
+    let name = iface.as_bytes();
+    if name.len() >= req.arp_dev.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    for (d, s) in req.arp_dev.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `req` is a valid arpreq that outlives the call.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCSARP as _, &req as *const libc::arpreq) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 struct Rx {
@@ -430,7 +476,16 @@ async fn send_all(
             debug!(iface = t.iface, port = t.from_port, "no socket for reply");
             continue;
         };
-        let dst = SocketAddr::V4(t.dst);
+        let mut dst = SocketAddr::V4(t.dst);
+        if let (Some(mac), Some(fallback)) = (t.link_hint, t.fallback) {
+            let iface = &core.ifaces()[t.iface].name;
+            if let Err(e) = set_arp_entry(s.as_raw_fd(), iface, *t.dst.ip(), mac) {
+                // Without the entry the unicast would wait for an ARP reply
+                // that never comes: broadcast instead (RFC 2131 §4.1 allows it).
+                debug!(error = %e, "cannot install ARP entry; broadcasting");
+                dst = SocketAddr::V4(fallback);
+            }
+        }
         let r = match s.try_send_to(&t.payload, dst) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tokio::time::timeout(Duration::from_secs(1), s.send_to(&t.payload, dst))

@@ -51,6 +51,12 @@ pub struct Transmit {
     pub from_port: u16,
     pub dst: SocketAddrV4,
     pub payload: Vec<u8>,
+    /// Unicast to a client that has no address yet: the driver must first
+    /// tell the kernel that `dst`'s IP is at this Ethernet address (the client
+    /// cannot answer ARP), or, if it cannot, send to `fallback` instead.
+    pub link_hint: Option<[u8; 6]>,
+    /// Where to send if the hint cannot be installed (the link broadcast).
+    pub fallback: Option<SocketAddrV4>,
 }
 
 /// Lease records to make durable before the replies of batch `id` may leave.
@@ -778,6 +784,8 @@ impl Core {
             payload.resize(300, 0);
         }
         let ciaddr = req.msg.ciaddr();
+        let yiaddr = m.yiaddr();
+        let mut link_hint = None;
         let (dst, port) = if !giaddr.is_unspecified() {
             (giaddr, self.cfg.server_port)
         } else if kind == MessageType::Nak {
@@ -789,11 +797,19 @@ impl Core {
             && !req.ingress.src.ip().is_unspecified()
         {
             (*req.ingress.src.ip(), self.cfg.client_port)
+        } else if !req.msg.flags().broadcast()
+            && !yiaddr.is_unspecified()
+            && req.raw.htype() == 1
+            && req.hw.len() == 6
+        {
+            // RFC 2131 §4.1: unicast to chaddr/yiaddr. The client cannot
+            // answer ARP yet, so the driver installs the mapping first.
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&req.hw);
+            link_hint = Some(mac);
+            (yiaddr, self.cfg.client_port)
         } else {
-            // Broadcast bit set, or a client without an address: the client
-            // cannot answer ARP for yiaddr yet, so broadcast on the link
-            // instead of unicasting to its hardware address (RFC 2131 §4.1
-            // allows this when the unicast cannot be done).
+            // Broadcast bit set, or nothing to unicast to.
             (Ipv4Addr::BROADCAST, self.cfg.client_port)
         };
         Transmit {
@@ -801,6 +817,9 @@ impl Core {
             from_port: self.cfg.server_port,
             dst: SocketAddrV4::new(dst, port),
             payload,
+            fallback: link_hint
+                .map(|_| SocketAddrV4::new(Ipv4Addr::BROADCAST, self.cfg.client_port)),
+            link_hint,
         }
     }
 }

@@ -147,8 +147,19 @@ fn discover_offer_request_ack_with_options_and_addressing() {
     assert_eq!(offer.opcode(), v4::Opcode::BootReply);
     assert_eq!(offer.xid(), 1001);
     assert_eq!(offer.yiaddr(), ip(100));
-    assert_eq!(t.dst, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    // Unicast to yiaddr at chaddr (RFC 2131 §4.1), broadcast if the driver
+    // cannot install the ARP entry.
+    assert_eq!(t.dst, SocketAddrV4::new(ip(100), 68));
+    assert_eq!(t.link_hint, Some(mac(1)));
+    assert_eq!(t.fallback, Some(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)));
     assert_eq!(t.from_port, 67);
+    // With the broadcast flag: broadcast.
+    let mut b = msg(MessageType::Discover, mac(2));
+    b.set_flags(v4::Flags::default().set_broadcast());
+    send(&mut c, T0, &b);
+    let (t, _) = one(&mut c);
+    assert_eq!(t.dst, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    assert_eq!(t.link_hint, None);
     assert_eq!(
         opt(&offer, OptionCode::ServerIdentifier),
         Some(&DhcpOption::ServerIdentifier(SERVER))
@@ -196,7 +207,8 @@ fn discover_offer_request_ack_with_options_and_addressing() {
     let ack = v4::Message::decode(&mut dhcproto::Decoder::new(&t.payload)).unwrap();
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), ip(100));
-    assert_eq!(c.stats().offers, 1);
+    assert_eq!(t.dst, SocketAddrV4::new(ip(100), 68));
+    assert_eq!(c.stats().offers, 2);
     assert_eq!(c.stats().acks, 1);
 }
 
