@@ -188,11 +188,12 @@ fn build(
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.common.check_config {
-        // Interfaces may not exist on the checking machine: assume a /24 around
-        // the pool so the flags are still validated.
+        // Interfaces may not exist on the checking machine: assume the
+        // smallest subnet holding the pool so the flags are still validated.
         let r = build(&args, |_| {
-            let (start, _) = parse_pool(args.pool.as_deref().unwrap_or("0.0.0.0-0.0.0.0"))?;
-            Ok((start, 24))
+            let (start, end) = parse_pool(args.pool.as_deref().unwrap_or("0.0.0.0-0.0.0.0"))?;
+            let prefix = (u32::from(start) ^ u32::from(end)).leading_zeros().min(30) as u8;
+            Ok((start, prefix))
         })
         .map(|c| {
             if c.interfaces.is_empty() {
