@@ -21,6 +21,11 @@ use crate::Error;
 
 /// Datagrams received but not yet handled (beyond this they are dropped).
 const RX_QUEUE: usize = 8192;
+/// Datagrams handled per loop turn before their replies are sent: small
+/// enough that replies leave in short bursts (a relay's socket buffer holds a
+/// few hundred), large enough to amortise the loop. Lease records still
+/// accumulate across turns while an fsync runs (group commit).
+const RX_BATCH: usize = 64;
 /// Largest datagram read (DHCP messages are at most a few hundred bytes; a
 /// jumbo one is truncated and then fails its checks).
 const MAX_DATAGRAM: usize = 1500;
@@ -383,7 +388,7 @@ impl Server {
                     while let Some(p) = next.take() {
                         core.handle(now, Ingress { iface: p.iface, local_port: p.port, src: p.src }, &p.data);
                         n += 1;
-                        if n < 1024 {
+                        if n < RX_BATCH {
                             next = rx.try_recv().ok();
                         }
                     }
