@@ -357,6 +357,16 @@ fn main() -> Result<()> {
                 load1()
             );
             if peer == Peer::Anyboot {
+                // Group commit as the writer last reported it (every 5 s).
+                let log = d.log();
+                let commit = log
+                    .lines()
+                    .rfind(|l| l.contains("lease writer"))
+                    .and_then(|l| {
+                        l.split_once("lease writer")
+                            .map(|(_, r)| r.trim().to_owned())
+                    })
+                    .unwrap_or_default();
                 // kill -9, then count what a restart recovers from the log.
                 d.stop_with(libc::SIGKILL, Duration::from_secs(5));
                 let mut again = start(&lab, Peer::Anyboot, dir.path())?;
@@ -369,7 +379,7 @@ fn main() -> Result<()> {
                     .unwrap_or("?")
                     .to_owned();
                 group.push(format!(
-                    "  offered {rate:>6}/s: {} ACKs to perfdhcp, {recovered} distinct leases recovered after kill -9",
+                    "  offered {rate:>6}/s: {} ACKs to perfdhcp, {recovered} distinct leases recovered after kill -9; writer: {commit}",
                     o.acked
                 ));
             } else {

@@ -342,8 +342,11 @@ impl Server {
             std::thread::Builder::new()
                 .name("dhcpd-leases".into())
                 .spawn(move || {
-                    let mut leases = 0u64;
+                    // Group-commit statistics, logged every 5 s while busy.
+                    let (mut leases, mut max_batch, mut max_sync) = (0u64, 0usize, Duration::ZERO);
+                    let mut report_at = std::time::Instant::now() + Duration::from_secs(5);
                     while let Ok(b) = batch_rx.recv() {
+                        let t = std::time::Instant::now();
                         let ok = match log.append(&b.leases) {
                             Ok(()) => true,
                             Err(e) => {
@@ -351,12 +354,18 @@ impl Server {
                                 false
                             }
                         };
+                        max_sync = max_sync.max(t.elapsed());
+                        max_batch = max_batch.max(b.leases.len());
                         leases += b.leases.len() as u64;
                         if done_tx.send((b.id, ok)).is_err() {
                             break;
                         }
+                        if std::time::Instant::now() >= report_at {
+                            info!(leases, fsyncs = log.fsyncs(), max_batch, max_sync_ms = max_sync.as_millis() as u64, "lease writer");
+                            report_at = std::time::Instant::now() + Duration::from_secs(5);
+                        }
                     }
-                    info!(leases, fsyncs = log.fsyncs(), "lease writer finished");
+                    info!(leases, fsyncs = log.fsyncs(), max_batch, max_sync_ms = max_sync.as_millis() as u64, "lease writer finished");
                 })
                 .expect("spawning the lease writer thread")
         });
