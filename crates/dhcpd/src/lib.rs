@@ -1,11 +1,45 @@
-//! anyboot-dhcpd: DHCPv4 server with PXE/UEFI/iPXE boot logic.
+//! anyboot-dhcpd: a DHCPv4 server (RFC 2131/2132) with PXE, UEFI, UEFI HTTP
+//! and iPXE boot logic (RFC 4578), durable leases, proxyDHCP and relays
+//! (RFC 3046).
 //!
-//! Skeleton: binds its listeners and runs until shutdown; the protocol core is
-//! built in its own issue.
+//! Layout: [`proto`] is the sans-IO core (datagrams and time in, replies and
+//! lease records out), [`store`] the append-only lease log with group commit,
+//! [`server`] the tokio driver, [`config`] the runtime configuration.
+//!
+//! Embedding the server:
+//!
+//! ```no_run
+//! use std::net::Ipv4Addr;
+//! use anyboot_dhcpd::config::{Config, Subnet};
+//!
+//! # async fn demo() -> Result<(), anyboot_dhcpd::Error> {
+//! let mut subnet = Subnet::new(
+//!     Ipv4Addr::new(10, 0, 0, 0), 24,
+//!     Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199),
+//! );
+//! subnet.router = Some(Ipv4Addr::new(10, 0, 0, 1));
+//! let config = Config {
+//!     interfaces: vec!["eth0".into()],
+//!     subnets: vec![subnet],
+//!     lease_db: Some("/var/lib/anyboot/dhcpd.leases".into()),
+//!     ..Config::default()
+//! };
+//! let server = anyboot_dhcpd::Server::bind(config).await?;
+//! println!("listening on {:?}", server.local_addrs());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
 
-use std::future::Future;
+pub mod config;
+pub mod proto;
+pub mod server;
+pub mod store;
+
+use std::path::PathBuf;
 
 pub use anyboot_config::Site;
+pub use config::Config;
+pub use server::Server;
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -15,18 +49,16 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
-}
-
-/// A bound server, ready to [`run`](Server::run).
-#[derive(Debug)]
-pub struct Server {
-    _private: (),
-}
-
-impl Server {
-    /// Runs until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        shutdown.await;
-        Ok(())
-    }
+    #[error("interface {name}: {source}")]
+    Interface {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("lease database {}: {source}", path.display())]
+    LeaseDb {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
 }
