@@ -115,7 +115,8 @@ fn wait_for_log(d: &Daemon, needle: &str) {
 }
 
 fn assert_same(got: &Path, want: &Path, who: &str) {
-    let g = std::fs::read(got).unwrap_or_else(|e| panic!("{who}: no output {}: {e}", got.display()));
+    let g =
+        std::fs::read(got).unwrap_or_else(|e| panic!("{who}: no output {}: {e}", got.display()));
     let w = std::fs::read(want).unwrap();
     assert!(
         g == w,
@@ -151,7 +152,14 @@ fn real_clients_fetch_every_size_byte_exact() {
         let out = f.out(&format!("atftp-{name}"));
         run_ok(
             Command::new(&atftp)
-                .args(["--option", "blksize 8", "--option", "windowsize 4", "--option", "tsize 0"])
+                .args([
+                    "--option",
+                    "blksize 8",
+                    "--option",
+                    "windowsize 4",
+                    "--option",
+                    "tsize 0",
+                ])
                 .args(["-g", "-r", name, "-l"])
                 .arg(&out)
                 .args(["127.0.0.1", &port]),
@@ -191,7 +199,15 @@ fn real_clients_fetch_every_size_byte_exact() {
     let out = f.out("hello.txt");
     run_ok(
         Command::new(&tftp)
-            .args(["127.0.0.1", &port, "-m", "netascii", "-c", "get", "sub/hello.txt"])
+            .args([
+                "127.0.0.1",
+                &port,
+                "-m",
+                "netascii",
+                "-c",
+                "get",
+                "sub/hello.txt",
+            ])
             .arg(&out),
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"hello\nworld\n");
@@ -199,7 +215,11 @@ fn real_clients_fetch_every_size_byte_exact() {
     let out = f.out("hello2.txt");
     run_ok(
         Command::new(&curl)
-            .args(["-sS", &format!("tftp://127.0.0.1:{port}/sub%5Chello.txt"), "-o"])
+            .args([
+                "-sS",
+                &format!("tftp://127.0.0.1:{port}/sub%5Chello.txt"),
+                "-o",
+            ])
             .arg(&out),
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"hello\nworld\n");
@@ -262,14 +282,20 @@ fn missing_files_and_escapes_are_refused() {
     let out = run(Command::new(&tftp)
         .args(["127.0.0.1", &f.port.to_string(), "-c", "get", "../secret"])
         .arg(f.out("x")));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Error code 2"), "tftp-hpa said: {text}");
     // Uploads are off by default.
     std::fs::write(f.out("up.txt"), b"data").unwrap();
-    let out = run(Command::new(&tftp)
-        .current_dir(f.dir.path())
-        .args(["127.0.0.1", &f.port.to_string(), "-c", "put", "up.txt"]));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = run(Command::new(&tftp).current_dir(f.dir.path()).args([
+        "127.0.0.1",
+        &f.port.to_string(),
+        "-c",
+        "put",
+        "up.txt",
+    ]));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("Error code 2"), "tftp-hpa put said: {text}");
     assert!(!f.root().join("up.txt").exists());
     f.stop();
@@ -284,7 +310,9 @@ fn wrong_transfer_id_gets_error_5_and_transfer_completes() {
     assert_eq!(&first[..4], &[0, 3, 0, 1]);
     // A stranger acknowledges block 1 on the transfer's port.
     let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
-    stranger.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     stranger.send_to(&[0, 4, 0, 1], tid).unwrap();
     let mut buf = [0u8; 600];
     let (n, from) = stranger.recv_from(&mut buf).unwrap();
@@ -306,11 +334,19 @@ fn wrong_transfer_id_gets_error_5_and_transfer_completes() {
 #[test]
 fn silent_client_is_given_up_and_its_session_freed() {
     let curl = require("curl", "curl");
-    let f = start(&["--max-sessions", "1", "--timeout-ms", "200", "--retries", "2"]);
+    let f = start(&[
+        "--max-sessions",
+        "1",
+        "--timeout-ms",
+        "200",
+        "--retries",
+        "2",
+    ]);
     let (s, tid, first) = rrq(f.addr(), b"b513.bin", &[]);
     assert_eq!(&first[..4], &[0, 3, 0, 1]);
     // Never acknowledge: count the retransmissions until the server gives up.
-    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     let mut buf = [0u8; 600];
     let mut resent = 0;
     while let Ok((n, from)) = s.recv_from(&mut buf) {
@@ -323,11 +359,13 @@ fn silent_client_is_given_up_and_its_session_freed() {
     wait_for_log(f.daemon(), "reason=TimedOut");
     // The only session slot is free again: a real client is served.
     let out = f.out("after.bin");
-    run_ok(Command::new(&curl)
-        .args(["-sS", "--max-time", "20"])
-        .arg(format!("tftp://127.0.0.1:{}/b512.bin", f.port))
-        .arg("-o")
-        .arg(&out));
+    run_ok(
+        Command::new(&curl)
+            .args(["-sS", "--max-time", "20"])
+            .arg(format!("tftp://127.0.0.1:{}/b512.bin", f.port))
+            .arg("-o")
+            .arg(&out),
+    );
     assert_same(&out, &f.root().join("b512.bin"), "curl after give-up");
     f.stop();
 }
@@ -342,14 +380,26 @@ fn options_are_answered_only_when_asked_and_capped() {
     let (s, tid, r) = rrq(
         f.addr(),
         b"b513.bin",
-        &[("blksize", "9000"), ("windowsize", "64"), ("tsize", "0"), ("frobnicate", "1")],
+        &[
+            ("blksize", "9000"),
+            ("windowsize", "64"),
+            ("tsize", "0"),
+            ("frobnicate", "1"),
+        ],
     );
-    assert_eq!(r, b"\x00\x06blksize\x001024\x00windowsize\x008\x00tsize\x00513\x00");
+    assert_eq!(
+        r,
+        b"\x00\x06blksize\x001024\x00windowsize\x008\x00tsize\x00513\x00"
+    );
     // Error 8 (the client refuses the OACK) ends the transfer quietly.
     s.send_to(b"\x00\x05\x00\x08no thanks\x00", tid).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
     let mut buf = [0u8; 100];
-    assert!(s.recv_from(&mut buf).is_err(), "no packet may follow error 8");
+    assert!(
+        s.recv_from(&mut buf).is_err(),
+        "no packet may follow error 8"
+    );
     wait_for_log(f.daemon(), "OptionRefused");
     f.stop();
 }
@@ -364,18 +414,29 @@ fn uploads_only_into_the_upload_dir_without_overwrite() {
     let data = pattern(5000, 77);
     std::fs::write(dir.path().join("log.bin"), &data).unwrap();
     let put = || {
-        run(Command::new(&tftp)
-            .current_dir(dir.path())
-            .args(["127.0.0.1", &f.port.to_string(), "-m", "binary", "-c", "put", "log.bin"]))
+        run(Command::new(&tftp).current_dir(dir.path()).args([
+            "127.0.0.1",
+            &f.port.to_string(),
+            "-m",
+            "binary",
+            "-c",
+            "put",
+            "log.bin",
+        ]))
     };
     let out = put();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!text.contains("Error"), "{text}");
     wait_for_log(f.daemon(), "upload stored");
     assert_eq!(std::fs::read(up.join("log.bin")).unwrap(), data);
     let out = put();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("Error code 6"), "second put must not overwrite: {text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Error code 6"),
+        "second put must not overwrite: {text}"
+    );
     assert!(!f.root().join("log.bin").exists());
     f.stop();
 }
@@ -385,7 +446,11 @@ fn single_port_mode_and_ipv6() {
     let curl = require("curl", "curl");
     let f = start(&["--single-port"]);
     let (s, tid, r) = rrq(f.addr(), b"b513.bin", &[]);
-    assert_eq!(tid, f.addr(), "single-port: data comes from the listening port");
+    assert_eq!(
+        tid,
+        f.addr(),
+        "single-port: data comes from the listening port"
+    );
     assert_eq!(&r[..4], &[0, 3, 0, 1]);
     s.send_to(&[0, 4, 0, 1], tid).unwrap();
     let mut buf = [0u8; 600];
@@ -393,11 +458,13 @@ fn single_port_mode_and_ipv6() {
     assert_eq!(n, 5);
     s.send_to(&[0, 4, 0, 2], tid).unwrap();
     let out = f.out("sp.bin");
-    run_ok(Command::new(&curl)
-        .args(["-sS", "--tftp-blksize", "1024"])
-        .arg(format!("tftp://127.0.0.1:{}/rollover.bin", f.port))
-        .arg("-o")
-        .arg(&out));
+    run_ok(
+        Command::new(&curl)
+            .args(["-sS", "--tftp-blksize", "1024"])
+            .arg(format!("tftp://127.0.0.1:{}/rollover.bin", f.port))
+            .arg("-o")
+            .arg(&out),
+    );
     assert_same(&out, &f.root().join("rollover.bin"), "curl, single-port");
     f.stop();
 
@@ -406,13 +473,22 @@ fn single_port_mode_and_ipv6() {
     std::fs::write(dir.path().join("v6.bin"), pattern(3000, 6)).unwrap();
     let port = free_udp_port();
     let mut cmd = Command::new(bin("anyboot-tftpd"));
-    cmd.args(["--listen", &format!("[::1]:{port}"), "--root"]).arg(dir.path());
+    cmd.args(["--listen", &format!("[::1]:{port}"), "--root"])
+        .arg(dir.path());
     let d = Daemon::spawn("anyboot-tftpd", &mut cmd, &dir.path().join("log"));
     wait_for_log(&d, "anyboot-tftpd ready");
     let out = dir.path().join("got");
-    run_ok(Command::new(&curl)
-        .args(["-sS", "--max-time", "20", &format!("tftp://[::1]:{port}/v6.bin"), "-o"])
-        .arg(&out));
+    run_ok(
+        Command::new(&curl)
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                &format!("tftp://[::1]:{port}/v6.bin"),
+                "-o",
+            ])
+            .arg(&out),
+    );
     assert_same(&out, &dir.path().join("v6.bin"), "curl over IPv6");
     d.stop();
 }
@@ -476,7 +552,12 @@ fn boot_tree_over_tftp_and_http_with_range() {
         format!("{SITE}\n[tftpd]\nroot = \"tftp\"\nlisten = [\"127.0.0.1:{port}\"]\nhttp_listen = [\"127.0.0.1:{http}\"]\n"),
     )
     .unwrap();
-    let out = run_ok(Command::new(bin("anyboot-tftpd")).arg("--check-config").arg("--config").arg(&site));
+    let out = run_ok(
+        Command::new(bin("anyboot-tftpd"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&site),
+    );
     assert!(out.contains("virtual file"), "{out}");
     let mut cmd = Command::new(bin("anyboot-tftpd"));
     cmd.arg("--config").arg(&site);
@@ -485,45 +566,89 @@ fn boot_tree_over_tftp_and_http_with_range() {
 
     // The per-host iPXE script over TFTP (the name dhcpd hands out).
     let script = dir.path().join("script");
-    run_ok(Command::new(&tftp)
-        .args(["127.0.0.1", &port.to_string(), "-c", "get", "hosts/52-54-00-00-00-01.ipxe"])
-        .arg(&script));
+    run_ok(
+        Command::new(&tftp)
+            .args([
+                "127.0.0.1",
+                &port.to_string(),
+                "-c",
+                "get",
+                "hosts/52-54-00-00-00-01.ipxe",
+            ])
+            .arg(&script),
+    );
     let text = std::fs::read_to_string(&script).unwrap();
     assert!(text.starts_with("#!ipxe\n"), "{text}");
-    assert!(text.contains("choose --default desktop --timeout 3000"), "{text}");
-    assert!(text.contains("kernel /linux/vmlinuz console=ttyS0\ninitrd /linux/initrd.img\n"), "{text}");
-    assert!(text.contains("sanboot iscsi:${next-server}::::iqn.2026-11.org.anyboot:desktop"), "{text}");
+    assert!(
+        text.contains("choose --default desktop --timeout 3000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kernel /linux/vmlinuz console=ttyS0\ninitrd /linux/initrd.img\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sanboot iscsi:${next-server}::::iqn.2026-11.org.anyboot:desktop"),
+        "{text}"
+    );
     // pxelinux: by MAC and by hex IP; the real default wins.
     for name in ["pxelinux.cfg/01-52-54-00-00-00-01", "pxelinux.cfg/0A00000B"] {
-        let body = run_ok(Command::new(&curl).args(["-sS", &format!("tftp://127.0.0.1:{port}/{name}")]));
-        assert!(body.contains("DEFAULT desktop") && body.contains("KERNEL linux/vmlinuz"), "{name}: {body}");
+        let body =
+            run_ok(Command::new(&curl).args(["-sS", &format!("tftp://127.0.0.1:{port}/{name}")]));
+        assert!(
+            body.contains("DEFAULT desktop") && body.contains("KERNEL linux/vmlinuz"),
+            "{name}: {body}"
+        );
     }
-    let body = run_ok(Command::new(&curl).args(["-sS", &format!("tftp://127.0.0.1:{port}/pxelinux.cfg/default")]));
+    let body = run_ok(Command::new(&curl).args([
+        "-sS",
+        &format!("tftp://127.0.0.1:{port}/pxelinux.cfg/default"),
+    ]));
     assert_eq!(body, "DEFAULT real\n");
 
     // HTTP: the same script, the kernel whole and by range, HEAD, errors.
     let base = format!("http://127.0.0.1:{http}");
-    let body = run_ok(Command::new(&curl).args(["-sS", "--fail", &format!("{base}/hosts/52-54-00-00-00-01.ipxe")]));
+    let body = run_ok(Command::new(&curl).args([
+        "-sS",
+        "--fail",
+        &format!("{base}/hosts/52-54-00-00-00-01.ipxe"),
+    ]));
     assert_eq!(body, text);
     let boot = run_ok(Command::new(&curl).args(["-sS", "--fail", &format!("{base}/boot.ipxe")]));
     assert!(boot.contains("chain hosts/${mac:hexhyp}.ipxe"), "{boot}");
     let whole = dir.path().join("whole");
-    run_ok(Command::new(&curl).args(["-sS", "--fail", &format!("{base}/linux/vmlinuz"), "-o"]).arg(&whole));
+    run_ok(
+        Command::new(&curl)
+            .args(["-sS", "--fail", &format!("{base}/linux/vmlinuz"), "-o"])
+            .arg(&whole),
+    );
     assert_eq!(std::fs::read(&whole).unwrap(), kernel);
     let part = dir.path().join("part");
-    let code = run_ok(Command::new(&curl)
-        .args(["-sS", "-r", "1000-1999", "-w", "%{http_code}", &format!("{base}/linux/vmlinuz"), "-o"])
-        .arg(&part));
+    let code = run_ok(
+        Command::new(&curl)
+            .args([
+                "-sS",
+                "-r",
+                "1000-1999",
+                "-w",
+                "%{http_code}",
+                &format!("{base}/linux/vmlinuz"),
+                "-o",
+            ])
+            .arg(&part),
+    );
     assert_eq!(code, "206");
     assert_eq!(std::fs::read(&part).unwrap(), &kernel[1000..2000]);
     let head = run_ok(Command::new(&curl).args(["-sS", "-I", &format!("{base}/linux/vmlinuz")]));
     assert!(head.contains("Content-Length: 300000"), "{head}");
     assert!(head.contains("Accept-Ranges: bytes"), "{head}");
     let code = |path: &str, extra: &[&str]| {
-        run_ok(Command::new(&curl)
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
-            .args(extra)
-            .arg(format!("{base}{path}")))
+        run_ok(
+            Command::new(&curl)
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(extra)
+                .arg(format!("{base}{path}")),
+        )
     };
     assert_eq!(code("/linux/vmlinuz", &["-r", "400000-"]), "416");
     assert_eq!(code("/nope", &[]), "404");

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::{cargo, run_cmd};
 
-const ALL: &[&str] = &["images"];
+const ALL: &[&str] = &["images", "tftp"];
 
 pub fn run(names: Vec<String>) -> Result<()> {
     let names: Vec<String> = if names.is_empty() {
@@ -16,6 +16,17 @@ pub fn run(names: Vec<String>) -> Result<()> {
     for name in &names {
         match name.as_str() {
             "images" => run_cmd(cargo().args(["bench", "-p", "anyboot-images"]))?,
+            "tftp" => {
+                run_cmd(cargo().args(["build", "--release", "-p", "anyboot-tftpd", "--bins"]))?;
+                run_cmd(cargo().args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "anyboot-benches",
+                    "--bin",
+                    "tftp",
+                ]))?;
+            }
             other => bail!("no benchmark named `{other}` (have: {})", ALL.join(", ")),
         }
     }

@@ -101,7 +101,10 @@ impl BootTree {
     /// iSCSI or AoE target exports, a name iPXE cannot use as a label).
     pub fn from_site(site: &Site, opts: &Options) -> Result<Self, ConfigError> {
         let mut files = BTreeMap::new();
-        files.insert("boot.ipxe".to_owned(), Bytes::from_static(BOOT_IPXE.as_bytes()));
+        files.insert(
+            "boot.ipxe".to_owned(),
+            Bytes::from_static(BOOT_IPXE.as_bytes()),
+        );
         files.insert(
             "pxelinux.cfg/default".to_owned(),
             Bytes::from_static(PXELINUX_DEFAULT.as_bytes()),
@@ -191,7 +194,12 @@ fn ipxe_script(site: &Site, opts: &Options, h: &Host, p: &Profile) -> Result<Str
     if p.variants.len() > 1 && p.menu_timeout > 0 {
         let _ = writeln!(s, "menu {} ({})", h.name, p.name);
         for v in &p.variants {
-            let _ = writeln!(s, "item {} {}", v.name, v.label.as_deref().unwrap_or(&v.name));
+            let _ = writeln!(
+                s,
+                "item {} {}",
+                v.name,
+                v.label.as_deref().unwrap_or(&v.name)
+            );
         }
         let _ = writeln!(
             s,
@@ -203,7 +211,11 @@ fn ipxe_script(site: &Site, opts: &Options, h: &Host, p: &Profile) -> Result<Str
     } else {
         let _ = writeln!(s, "goto {}", def.name);
     }
-    let pi = site.profiles.iter().position(|x| x.name == p.name).unwrap_or(0);
+    let pi = site
+        .profiles
+        .iter()
+        .position(|x| x.name == p.name)
+        .unwrap_or(0);
     for (vi, v) in p.variants.iter().enumerate() {
         let _ = writeln!(s, "\n:{}", v.name);
         if let Some(kernel) = &v.kernel {
@@ -225,7 +237,10 @@ fn ipxe_script(site: &Site, opts: &Options, h: &Host, p: &Profile) -> Result<Str
     }
     let _ = writeln!(s, "\n:failed");
     let _ = writeln!(s, "echo anyboot: booting {} failed", h.name);
-    let _ = writeln!(s, "prompt --timeout 10000 Press a key for the iPXE shell || reboot");
+    let _ = writeln!(
+        s,
+        "prompt --timeout 10000 Press a key for the iPXE shell || reboot"
+    );
     let _ = writeln!(s, "shell");
     Ok(s)
 }
@@ -458,7 +473,9 @@ shell
         let s = text(&t, "hosts/52-54-00-ab-01-01.ipxe");
         assert!(s.contains("goto windows\n"), "{s}");
         assert!(
-            s.contains("sanboot iscsi:${next-server}::::iqn.2026-11.org.anyboot:win || goto failed\n"),
+            s.contains(
+                "sanboot iscsi:${next-server}::::iqn.2026-11.org.anyboot:win || goto failed\n"
+            ),
             "{s}"
         );
         assert!(!s.contains("menu"));

@@ -80,7 +80,11 @@ impl FileCache {
 
     /// The contents of `path` (described by `meta`), from memory or read once;
     /// `Ok(None)` if the file is too large to cache.
-    pub async fn get(&self, path: &Path, meta: &std::fs::Metadata) -> std::io::Result<Option<Bytes>> {
+    pub async fn get(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> std::io::Result<Option<Bytes>> {
         let version = Version::of(meta);
         if version.size > self.max_file {
             return Ok(None);
@@ -162,7 +166,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let (c, a, m) = (cache.clone(), a.clone(), meta.clone());
-            tasks.push(tokio::spawn(async move { c.get(&a, &m).await.unwrap().unwrap().len() }));
+            tasks.push(tokio::spawn(async move {
+                c.get(&a, &m).await.unwrap().unwrap().len()
+            }));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap(), 100_000);

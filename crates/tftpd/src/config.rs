@@ -70,7 +70,9 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
@@ -192,12 +194,14 @@ impl Config {
         if s.timeout_ms == 0 {
             return Err(err("timeout_ms", "must be at least 1".into()));
         }
-        let base = site
-            .source
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_default();
-        let fix = |p: &Path| if p.is_relative() { base.join(p) } else { p.to_owned() };
+        let base = site.source.parent().map(Path::to_owned).unwrap_or_default();
+        let fix = |p: &Path| {
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p.to_owned()
+            }
+        };
         let mut remap = Vec::new();
         for (i, r) in s.remap.iter().enumerate() {
             let pattern = Regex::new(&r.pattern)
@@ -222,7 +226,9 @@ impl Config {
                 .map(Regex::new)
                 .transpose()
                 .map_err(|e| err(&format!("class[{i}].filename"), e.to_string()))?;
-            if c.max_blksize.is_some_and(|b| !(MIN_BLKSIZE..=MAX_BLKSIZE).contains(&b)) {
+            if c.max_blksize
+                .is_some_and(|b| !(MIN_BLKSIZE..=MAX_BLKSIZE).contains(&b))
+            {
                 return Err(err(
                     &format!("class[{i}].max_blksize"),
                     format!("must be {MIN_BLKSIZE}..={MAX_BLKSIZE}"),
@@ -337,7 +343,9 @@ mod tests {
         let c = Cidr::parse("fd00::/8").unwrap();
         assert!(c.contains("fd12::1".parse().unwrap()));
         assert!(!c.contains("10.1.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
     }
@@ -365,7 +373,10 @@ mod tests {
         assert_eq!(c.root, Path::new("/etc/anyboot/tftp"));
         let any: IpAddr = "10.0.0.5".parse().unwrap();
         let p = c.policy(any, "pxelinux.0");
-        assert_eq!((p.max_blksize, p.max_windowsize, p.options), (1468, 32, true));
+        assert_eq!(
+            (p.max_blksize, p.max_windowsize, p.options),
+            (1468, 32, true)
+        );
         let p = c.policy("fd00::5".parse().unwrap(), "x");
         assert_eq!(p.max_blksize, 1448);
         let p = c.policy(any, "EFI/boot/shimx64.efi");
@@ -377,8 +388,10 @@ mod tests {
     fn bad_regex_and_cidr_name_their_key() {
         let e = site("[tftpd]\nroot = \"t\"\n[[tftpd.remap]]\npattern = \"(\"\n").unwrap_err();
         assert_eq!(e.key, "tftpd.remap[0].pattern");
-        let e = site("[tftpd]\nroot = \"t\"\n[[tftpd.class]]\nname = \"x\"\nclients = [\"10.0.0.0/40\"]\n")
-            .unwrap_err();
+        let e = site(
+            "[tftpd]\nroot = \"t\"\n[[tftpd.class]]\nname = \"x\"\nclients = [\"10.0.0.0/40\"]\n",
+        )
+        .unwrap_err();
         assert_eq!(e.key, "tftpd.class[0].clients[0]");
         let e = site("[tftpd]\nroot = \"t\"\nmax_blksize = 4\n").unwrap_err();
         assert_eq!(e.key, "tftpd.max_blksize");

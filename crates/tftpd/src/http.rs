@@ -28,7 +28,9 @@ const IDLE: Duration = Duration::from_secs(30);
 const CHUNK: usize = 256 << 10;
 
 pub(crate) async fn listener(l: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(shared.config.http_max_connections));
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.http_max_connections,
+    ));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -231,7 +233,10 @@ async fn serve(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 respond(
                     &mut s,
                     "405 Method Not Allowed",
-                    &[("Allow", "GET, HEAD".into()), ("Content-Length", "0".into())],
+                    &[
+                        ("Allow", "GET, HEAD".into()),
+                        ("Content-Length", "0".into()),
+                    ],
                     keep,
                 )
                 .await?;
@@ -368,8 +373,16 @@ mod tests {
         assert!(h.keep_alive);
         assert_eq!(h.range.as_deref(), Some("bytes=1-2"));
         assert!(!parse_head("GET /a HTTP/1.0\r\nHost: x").unwrap().keep_alive);
-        assert!(!parse_head("GET /a HTTP/1.1\r\nConnection: close").unwrap().keep_alive);
-        assert!(parse_head("GET /a HTTP/1.1\r\nContent-Length: 5").unwrap().has_body);
+        assert!(
+            !parse_head("GET /a HTTP/1.1\r\nConnection: close")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            parse_head("GET /a HTTP/1.1\r\nContent-Length: 5")
+                .unwrap()
+                .has_body
+        );
         assert!(parse_head("GET /a SPDY/3").is_none());
         assert!(parse_head("GET /a HTTP/1.1\r\nbroken").is_none());
         assert_eq!(percent_decode("a%2Fb%41").unwrap(), b"a/bA");

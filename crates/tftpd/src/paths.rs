@@ -34,8 +34,8 @@ pub fn sanitize(name: &[u8], remap: &[RemapRule]) -> Result<String, Refusal> {
     if name.contains(&0) {
         return Err(Refusal::AccessViolation("NUL byte in name"));
     }
-    let name = std::str::from_utf8(name)
-        .map_err(|_| Refusal::AccessViolation("name is not UTF-8"))?;
+    let name =
+        std::str::from_utf8(name).map_err(|_| Refusal::AccessViolation("name is not UTF-8"))?;
     let mut name = name.replace('\\', "/");
     for rule in remap {
         if rule.pattern.is_match(&name) {
@@ -80,8 +80,8 @@ pub fn resolve(root: &Path, tree: &BootTree, rel: &str) -> Result<Resolved, Refu
             if !real.starts_with(root) {
                 return Err(Refusal::AccessViolation("symlink leaves the root"));
             }
-            let meta = std::fs::metadata(&real)
-                .map_err(|_| Refusal::AccessViolation("cannot stat"))?;
+            let meta =
+                std::fs::metadata(&real).map_err(|_| Refusal::AccessViolation("cannot stat"))?;
             if !meta.is_file() {
                 // Directories, devices, FIFOs, sockets.
                 return Err(Refusal::AccessViolation("not a regular file"));
@@ -105,7 +105,15 @@ mod tests {
     #[test]
     fn sanitize_refuses_escapes_and_normalises() {
         assert_eq!(sanitize(b"a//./b\\c", &[]).unwrap(), "a/b/c");
-        for bad in [&b"../etc/passwd"[..], b"/etc/passwd", b"a/../../x", b"..\\x", b"\\x", b"", b"./"] {
+        for bad in [
+            &b"../etc/passwd"[..],
+            b"/etc/passwd",
+            b"a/../../x",
+            b"..\\x",
+            b"\\x",
+            b"",
+            b"./",
+        ] {
             assert!(
                 matches!(sanitize(bad, &[]), Err(Refusal::AccessViolation(_))),
                 "{bad:?}"
@@ -137,7 +145,10 @@ mod tests {
                 deny: true,
             },
         ];
-        assert_eq!(sanitize(b"\\BOOT\\grubx64.efi", &rules).unwrap(), "efi/grubx64.efi");
+        assert_eq!(
+            sanitize(b"\\BOOT\\grubx64.efi", &rules).unwrap(),
+            "efi/grubx64.efi"
+        );
         // `stop` ended processing before the deny rule.
         assert_eq!(sanitize(b"boot/secret", &rules).unwrap(), "efi/secret");
         assert!(sanitize(b"my/secret", &rules).is_err());
@@ -157,14 +168,23 @@ mod tests {
         std::os::unix::fs::symlink("ok", root.join("link-in")).unwrap();
         std::os::unix::fs::symlink("/dev/zero", root.join("zero")).unwrap();
         let tree = BootTree::empty();
-        assert!(matches!(resolve(&root, &tree, "ok"), Ok(Resolved::Real(..))));
-        assert!(matches!(resolve(&root, &tree, "link-in"), Ok(Resolved::Real(..))));
+        assert!(matches!(
+            resolve(&root, &tree, "ok"),
+            Ok(Resolved::Real(..))
+        ));
+        assert!(matches!(
+            resolve(&root, &tree, "link-in"),
+            Ok(Resolved::Real(..))
+        ));
         for bad in ["link-out", "dir-out/x", "zero", "sub"] {
             assert!(
                 matches!(resolve(&root, &tree, bad), Err(Refusal::AccessViolation(_))),
                 "{bad}"
             );
         }
-        assert_eq!(resolve(&root, &tree, "nope").unwrap_err(), Refusal::NotFound);
+        assert_eq!(
+            resolve(&root, &tree, "nope").unwrap_err(),
+            Refusal::NotFound
+        );
     }
 }

@@ -4,8 +4,8 @@
 //! address; plus the optional HTTP listeners. The protocol itself lives in
 //! [`crate::proto`].
 
-use std::collections::HashSet;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -190,7 +190,10 @@ impl Server {
 
     /// The bound UDP (TFTP) addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
     }
 
     /// The first TFTP address.
@@ -200,7 +203,10 @@ impl Server {
 
     /// The bound HTTP addresses.
     pub fn http_addrs(&self) -> Vec<SocketAddr> {
-        self.http.iter().filter_map(|s| s.local_addr().ok()).collect()
+        self.http
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
     }
 
     /// How many times a file was read from disk into the shared cache.
@@ -215,12 +221,20 @@ impl Server {
         let mut tasks = JoinSet::new();
         for s in self.udp {
             let addr = s.local_addr().ok();
-            info!(?addr, single_port = self.shared.config.single_port, "tftp listening");
+            info!(
+                ?addr,
+                single_port = self.shared.config.single_port,
+                "tftp listening"
+            );
             tasks.spawn(listener(s, self.shared.clone(), stop_rx.clone()));
         }
         for l in self.http {
             info!(addr = ?l.local_addr().ok(), "http listening");
-            tasks.spawn(crate::http::listener(l, self.shared.clone(), stop_rx.clone()));
+            tasks.spawn(crate::http::listener(
+                l,
+                self.shared.clone(),
+                stop_rx.clone(),
+            ));
         }
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -318,7 +332,10 @@ async fn listener(sock: Arc<UdpSocket>, shared: Arc<Shared>, mut stop: watch::Re
     let grace = shared.config.shutdown_grace;
     let drain = async { while transfers.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drain).await.is_err() {
-        info!(aborted = transfers.len(), "grace period over; aborting transfers");
+        info!(
+            aborted = transfers.len(),
+            "grace period over; aborting transfers"
+        );
         transfers.abort_all();
         while transfers.join_next().await.is_some() {}
     }
@@ -381,7 +398,8 @@ async fn transfer(shared: Arc<Shared>, link: Link, peer: SocketAddr, request: Ve
     };
     let write = request[1] == 2;
     let name = String::from_utf8_lossy(req.filename).into_owned();
-    let span = info_span!("transfer", %peer, file = %name, op = if write { "write" } else { "read" });
+    let span =
+        info_span!("transfer", %peer, file = %name, op = if write { "write" } else { "read" });
     async {
         if write {
             serve_write(&shared, link, peer, &req).await
@@ -419,8 +437,11 @@ async fn serve_read(shared: &Shared, link: Link, peer: SocketAddr, req: &Request
         }
         let mut raw = vec![0u8; body.len() as usize];
         if body.read_at(0, &mut raw).is_err() {
-            link.send(&proto::error_packet(ErrorCode::NotDefined, "read error"), peer)
-                .await;
+            link.send(
+                &proto::error_packet(ErrorCode::NotDefined, "read error"),
+                peer,
+            )
+            .await;
             return;
         }
         Body::Memory(Bytes::from(netascii::encode(&raw)))
@@ -429,7 +450,12 @@ async fn serve_read(shared: &Shared, link: Link, peer: SocketAddr, req: &Request
     };
     let policy = shared.config.policy(peer.ip(), &rel);
     let nego = proto::negotiate(&req.options, Direction::Read { size: body.len() }, &policy);
-    debug!(blksize = nego.blksize, windowsize = nego.windowsize, size = body.len(), "start");
+    debug!(
+        blksize = nego.blksize,
+        windowsize = nego.windowsize,
+        size = body.len(),
+        "start"
+    );
     let started = Instant::now();
     let t = ReadTransfer::new(started, peer, body, nego);
     drive(link, Core::Read(t), started, None).await;
@@ -438,16 +464,22 @@ async fn serve_read(shared: &Shared, link: Link, peer: SocketAddr, req: &Request
 async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Request<'_>) {
     let refuse = |code, msg: &'static str| proto::error_packet(code, msg);
     let Some(up) = &shared.config.upload else {
-        link.send(&refuse(ErrorCode::AccessViolation, "write requests are disabled"), peer)
-            .await;
+        link.send(
+            &refuse(ErrorCode::AccessViolation, "write requests are disabled"),
+            peer,
+        )
+        .await;
         return;
     };
     let netascii = match req.mode {
         Mode::Octet => false,
         Mode::Netascii => true,
         _ => {
-            link.send(&refuse(ErrorCode::IllegalOperation, "unsupported mode"), peer)
-                .await;
+            link.send(
+                &refuse(ErrorCode::IllegalOperation, "unsupported mode"),
+                peer,
+            )
+            .await;
             return;
         }
     };
@@ -455,7 +487,10 @@ async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Reques
         Ok(r) if !r.contains('/') => r,
         Ok(_) => {
             link.send(
-                &refuse(ErrorCode::AccessViolation, "uploads go into the upload directory only"),
+                &refuse(
+                    ErrorCode::AccessViolation,
+                    "uploads go into the upload directory only",
+                ),
                 peer,
             )
             .await;
@@ -473,15 +508,21 @@ async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Reques
         return;
     }
     if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
-        link.send(&refuse(ErrorCode::AccessViolation, "not a regular file"), peer)
-            .await;
+        link.send(
+            &refuse(ErrorCode::AccessViolation, "not a regular file"),
+            peer,
+        )
+        .await;
         return;
     }
     let policy = shared.config.policy(peer.ip(), &rel);
     let nego = proto::negotiate(&req.options, Direction::Write, &policy);
     if nego.announced_size.is_some_and(|s| s > up.max_size) {
-        link.send(&refuse(ErrorCode::DiskFull, "upload exceeds the size limit"), peer)
-            .await;
+        link.send(
+            &refuse(ErrorCode::DiskFull, "upload exceeds the size limit"),
+            peer,
+        )
+        .await;
         return;
     }
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -490,12 +531,19 @@ async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Reques
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+    {
         Ok(f) => f,
         Err(e) => {
             warn!(error = %e, path = %tmp.display(), "cannot create upload file");
-            link.send(&refuse(ErrorCode::AccessViolation, "cannot create file"), peer)
-                .await;
+            link.send(
+                &refuse(ErrorCode::AccessViolation, "cannot create file"),
+                peer,
+            )
+            .await;
             return;
         }
     };
@@ -592,6 +640,12 @@ async fn drive(mut link: Link, mut core: Core, started: Instant, mut sink: Optio
     let mut out = vec![0u8; MAX_PACKET_LEN];
     let mut inb = vec![0u8; MAX_PACKET_LEN + 1];
     let mut ok = false;
+    // One timer per transfer, re-armed lazily: in lock-step the deadline moves
+    // with every ACK, so it is only reset when it must fire earlier; firing
+    // early is harmless (the core ignores it) and re-arms to the real deadline.
+    let sleep = tokio::time::sleep(std::time::Duration::from_secs(3600));
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
     loop {
         while let Some(tx) = core.poll_transmit(&mut out) {
             link.send(&out[..tx.len], tx.dst).await;
@@ -632,25 +686,28 @@ async fn drive(mut link: Link, mut core: Core, started: Instant, mut sink: Optio
         if core.is_finished() {
             break;
         }
-        let deadline = core.poll_timeout();
+        match (core.poll_timeout(), armed) {
+            (Some(want), Some(at)) if at <= want => {}
+            (Some(want), _) => {
+                sleep.as_mut().reset(want.into());
+                armed = Some(want);
+            }
+            (None, _) => armed = None,
+        }
         tokio::select! {
             r = link.recv(&mut inb) => match r {
                 Some((n, from)) => core.handle(Instant::now(), from, &inb[..n]),
                 None => break,
             },
-            _ = sleep_until(deadline) => core.handle_timeout(Instant::now()),
+            _ = &mut sleep, if armed.is_some() => {
+                armed = None;
+                core.handle_timeout(Instant::now());
+            }
         }
     }
     if !ok {
         if let Some(s) = sink.take() {
             s.abort();
         }
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }

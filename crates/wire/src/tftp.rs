@@ -577,13 +577,8 @@ mod tests {
                     };
                     if w { Repr::Wrq(req) } else { Repr::Rrq(req) }.to_vec()
                 }),
-            (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..600)).prop_map(|(b, d)| {
-                Repr::Data {
-                    block: b,
-                    data: &d,
-                }
-                .to_vec()
-            }),
+            (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..600))
+                .prop_map(|(b, d)| { Repr::Data { block: b, data: &d }.to_vec() }),
             any::<u16>().prop_map(|b| Repr::Ack { block: b }.to_vec()),
             (any::<u16>(), "[ -~]{0,30}").prop_map(|(c, m)| {
                 Repr::Error {
@@ -592,13 +587,16 @@ mod tests {
                 }
                 .to_vec()
             }),
-            opts().prop_filter("an OACK acknowledges at least one option", |o| !o.is_empty()).prop_map(|o| {
-                let options: Vec<TftpOption> = o
-                    .iter()
-                    .map(|(n, v)| TftpOption { name: n, value: v })
-                    .collect();
-                Repr::Oack { options }.to_vec()
-            }),
+            opts()
+                .prop_filter("an OACK acknowledges at least one option", |o| !o
+                    .is_empty())
+                .prop_map(|o| {
+                    let options: Vec<TftpOption> = o
+                        .iter()
+                        .map(|(n, v)| TftpOption { name: n, value: v })
+                        .collect();
+                    Repr::Oack { options }.to_vec()
+                }),
         ]
     }
 

@@ -9,9 +9,7 @@ use std::time::Instant;
 
 use anyboot_wire::tftp::{ErrorCode, Packet, Repr, TftpOption, DATA_HEADER_LEN};
 
-use super::{
-    distance, emit_error, wire_block, Event, Failure, Negotiated, Source, Transmit,
-};
+use super::{distance, emit_error, wire_block, Event, Failure, Negotiated, Source, Transmit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -392,7 +390,10 @@ mod tests {
         let mut t = ReadTransfer::new(now, peer(), Bytes::from(vec![9u8; 50]), n);
         let out = drain(&mut t);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].1, b"\x00\x06blksize\x008\x00windowsize\x004\x00tsize\x0050\x00");
+        assert_eq!(
+            out[0].1,
+            b"\x00\x06blksize\x008\x00windowsize\x004\x00tsize\x0050\x00"
+        );
         // Data does not start before ACK 0; a stray ACK 1 is ignored.
         t.handle(now, peer(), &ack(1));
         assert!(drain(&mut t).is_empty());
@@ -452,7 +453,15 @@ mod tests {
         assert_eq!(out[0].0, intruder);
         assert_eq!(&out[0].1[..4], b"\x00\x05\x00\x05");
         // An ERROR from a stranger is not answered.
-        t.handle(now, intruder, &Repr::Error { code: ErrorCode::NotDefined, message: b"" }.to_vec());
+        t.handle(
+            now,
+            intruder,
+            &Repr::Error {
+                code: ErrorCode::NotDefined,
+                message: b"",
+            }
+            .to_vec(),
+        );
         assert!(drain(&mut t).is_empty());
         t.handle(now, peer(), &ack(1));
         assert_eq!(data_blocks(&drain(&mut t)), vec![(2, 88)]);

@@ -97,6 +97,9 @@ impl Client {
     }
 }
 
+/// A datagram on the simulated wire: (delivery time, sequence, to the server?, bytes).
+type InFlight = (Instant, u64, bool, Vec<u8>);
+
 struct Outcome {
     data: Vec<u8>,
     event: Option<Event>,
@@ -131,9 +134,13 @@ fn run(seed: u64, file: &[u8], options: &[(&str, &str)], net: Net) -> Outcome {
         deadline: t0 + CLIENT_TIMEOUT,
     };
     // (delivery time, sequence, to_server, bytes)
-    let mut wire: BinaryHeap<Reverse<(Instant, u64, bool, Vec<u8>)>> = BinaryHeap::new();
+    let mut wire: BinaryHeap<Reverse<InFlight>> = BinaryHeap::new();
     let mut seq = 0u64;
-    let mut send = |wire: &mut BinaryHeap<_>, now: Instant, to_server: bool, p: Vec<u8>, rng: &mut SmallRng| {
+    let mut send = |wire: &mut BinaryHeap<_>,
+                    now: Instant,
+                    to_server: bool,
+                    p: Vec<u8>,
+                    rng: &mut SmallRng| {
         if rng.gen_bool(net.loss) {
             return;
         }
@@ -183,7 +190,13 @@ fn run(seed: u64, file: &[u8], options: &[(&str, &str)], net: Net) -> Outcome {
             if !server.is_finished() {
                 let b = client.received as u16;
                 if client.started || client.received > 0 || b == 0 {
-                    send(&mut wire, now, true, Repr::Ack { block: b }.to_vec(), &mut rng);
+                    send(
+                        &mut wire,
+                        now,
+                        true,
+                        Repr::Ack { block: b }.to_vec(),
+                        &mut rng,
+                    );
                 }
             }
         }
@@ -214,8 +227,16 @@ fn duplicated_packets_never_cause_duplicate_data() {
         },
     );
     assert_eq!(o.data, f);
-    assert_eq!(o.event, Some(Event::Done { bytes: f.len() as u64 }));
-    assert_eq!(o.data_sent, 21, "each block exactly once despite duplicate ACKs");
+    assert_eq!(
+        o.event,
+        Some(Event::Done {
+            bytes: f.len() as u64
+        })
+    );
+    assert_eq!(
+        o.data_sent, 21,
+        "each block exactly once despite duplicate ACKs"
+    );
 }
 
 #[test]
@@ -240,7 +261,13 @@ fn lossy_reordering_network_delivers_exact_bytes() {
                     jitter_us: 3000,
                 },
             );
-            assert_eq!(o.event, Some(Event::Done { bytes: f.len() as u64 }), "case {i} seed {seed}");
+            assert_eq!(
+                o.event,
+                Some(Event::Done {
+                    bytes: f.len() as u64
+                }),
+                "case {i} seed {seed}"
+            );
             assert!(o.data == f, "case {i} seed {seed}: bytes differ");
         }
     }
@@ -260,6 +287,11 @@ fn rollover_under_loss() {
             jitter_us: 100,
         },
     );
-    assert_eq!(o.event, Some(Event::Done { bytes: f.len() as u64 }));
+    assert_eq!(
+        o.event,
+        Some(Event::Done {
+            bytes: f.len() as u64
+        })
+    );
     assert!(o.data == f);
 }

@@ -132,10 +132,8 @@ impl WriteTransfer {
                     self.deadline = None;
                 }
             }
-            (Phase::Dally, Ok(Repr::Data { block, .. })) => {
-                if distance(self.received, block) == 0 {
-                    self.control.push_back(Control::Ack(block));
-                }
+            (Phase::Dally, Ok(Repr::Data { block, .. })) if distance(self.received, block) == 0 => {
+                self.control.push_back(Control::Ack(block));
             }
             (Phase::Receiving, Ok(Repr::Data { block, data })) => self.on_data(now, block, data),
             _ => {}
@@ -177,7 +175,8 @@ impl WriteTransfer {
                 if !out.is_empty() {
                     self.events.push_back(Event::Data(out));
                 }
-                self.control.push_back(Control::Ack(wire_block(self.received)));
+                self.control
+                    .push_back(Control::Ack(wire_block(self.received)));
                 self.events.push_back(Event::Done { bytes: self.bytes });
                 self.phase = Phase::Dally;
                 self.deadline = Some(now + self.nego.timeout);
@@ -189,7 +188,8 @@ impl WriteTransfer {
             self.since_ack += 1;
             if self.since_ack >= self.nego.windowsize {
                 self.since_ack = 0;
-                self.control.push_back(Control::Ack(wire_block(self.received)));
+                self.control
+                    .push_back(Control::Ack(wire_block(self.received)));
             }
             self.deadline = Some(now + self.nego.timeout);
         } else if d == 0 && self.started {
@@ -199,7 +199,8 @@ impl WriteTransfer {
             // RFC 7440: a gap in the window; ACK the last in-order block once.
             self.gap_acked = true;
             self.since_ack = 0;
-            self.control.push_back(Control::Ack(wire_block(self.received)));
+            self.control
+                .push_back(Control::Ack(wire_block(self.received)));
         }
     }
 
