@@ -248,12 +248,38 @@ fn inner() -> Result<()> {
         "[wN] = windowsize the server granted (1: not supported, lock-step).\n\
          Shared 2-core machine: absolute figures are noisy; compare the ratios of one run."
     );
-    for ((name, _, _), r) in servers.iter().zip(&recovered) {
-        println!("client recoveries (timeouts + gap ACKs) against {name}: {r}");
+    for ((name, _, d), r) in servers.iter().zip(&recovered) {
+        let cpu = cpu_seconds(d.pid());
+        // tftpd-hpa's per-transfer children are reaped without accounting.
+        let cpu = if cpu > 0.0 {
+            format!("{cpu:.1} s")
+        } else {
+            "not measurable".to_owned()
+        };
+        println!(
+            "{name}: server CPU over all rows {cpu}; client recoveries (timeouts + gap ACKs): {r}"
+        );
     }
     // Dropping a Daemon stops it (SIGTERM by PID).
     drop(servers);
     Ok(())
+}
+
+/// CPU time of a process and its reaped children (tftpd-hpa forks one per
+/// transfer), from /proc/PID/stat, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the `(comm)`: utime is field 14, cstime field 17 (1-based).
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // rest[0] is field 3 (state), so field n is rest[n - 3].
+    let ticks: f64 = (14..=17).map(|n| f.get(n - 3).copied().unwrap_or(0.0)).sum();
+    ticks / 100.0
 }
 
 /// Fetches `name` and checks it equals `expect`; returns the windowsize used and

@@ -133,9 +133,21 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async {
+        // Install the signal handlers before binding, so a SIGTERM that
+        // arrives while starting up is a clean shutdown, not a kill.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let shutdown = async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = which, "shutting down");
+        };
         let server = Server::bind(config).await?;
         tracing::info!(tftp = ?server.local_addrs(), http = ?server.http_addrs(), "anyboot-tftpd ready");
-        server.run(anyboot_cli::shutdown_signal()).await?;
+        server.run(shutdown).await?;
         Ok(())
     })
 }
