@@ -613,9 +613,17 @@ fn boot_tree_over_tftp_and_http_with_range() {
     // A client class (by file name) caps the options shim may get.
     std::fs::write(root.join("shimx64.efi"), pattern(2000, 5)).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let (_, _, r) = rrq(addr, b"shimx64.efi", &[("blksize", "1468"), ("windowsize", "8")]);
+    let (_, _, r) = rrq(
+        addr,
+        b"shimx64.efi",
+        &[("blksize", "1468"), ("windowsize", "8")],
+    );
     assert_eq!(r, b"\x00\x06blksize\x00512\x00windowsize\x001\x00");
-    let (_, _, r) = rrq(addr, b"linux/vmlinuz", &[("blksize", "1468"), ("windowsize", "8")]);
+    let (_, _, r) = rrq(
+        addr,
+        b"linux/vmlinuz",
+        &[("blksize", "1468"), ("windowsize", "8")],
+    );
     assert_eq!(r, b"\x00\x06blksize\x001468\x00windowsize\x008\x00");
 
     // HTTP: the same script, the kernel whole and by range, HEAD, errors.

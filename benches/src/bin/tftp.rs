@@ -278,7 +278,9 @@ fn cpu_seconds(pid: u32) -> f64 {
         .map(|x| x.parse().unwrap_or(0.0))
         .collect();
     // rest[0] is field 3 (state), so field n is rest[n - 3].
-    let ticks: f64 = (14..=17).map(|n| f.get(n - 3).copied().unwrap_or(0.0)).sum();
+    let ticks: f64 = (14..=17)
+        .map(|n| f.get(n - 3).copied().unwrap_or(0.0))
+        .sum();
     ticks / 100.0
 }
 
