@@ -42,7 +42,11 @@ pub enum Error {
 }
 
 /// Largest netascii file served (the conversion is done in memory).
-const NETASCII_MAX: u64 = 64 << 20;
+const NETASCII_MAX: u64 = 16 << 20;
+/// Bytes all netascii conversions in progress may hold together (each holds
+/// up to twice its file's size), so hostile netascii requests cannot exhaust
+/// memory.
+const NETASCII_BUDGET: usize = 64 << 20;
 
 /// State shared by listeners and transfers.
 #[derive(Debug)]
@@ -55,6 +59,7 @@ pub(crate) struct Shared {
     /// Peers with a transfer in progress (a retransmitted RRQ starts nothing).
     active: Mutex<HashSet<(SocketAddr, SocketAddr)>>,
     dropped: AtomicU64,
+    netascii_budget: Arc<Semaphore>,
 }
 
 /// A file served to a transfer or an HTTP response.
@@ -183,6 +188,7 @@ impl Server {
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             active: Mutex::new(HashSet::new()),
             dropped: AtomicU64::new(0),
+            netascii_budget: Arc::new(Semaphore::new(NETASCII_BUDGET)),
             config,
         });
         Ok(Self { shared, udp, http })
@@ -429,12 +435,23 @@ async fn serve_read(shared: &Shared, link: Link, peer: SocketAddr, req: &Request
             return;
         }
     };
+    let mut _netascii_permit = None;
     let body = if netascii {
         if body.len() > NETASCII_MAX {
             let e = proto::error_packet(ErrorCode::NotDefined, "file too large for netascii");
             link.send(&e, peer).await;
             return;
         }
+        let Ok(permit) = shared
+            .netascii_budget
+            .clone()
+            .try_acquire_many_owned(2 * body.len() as u32)
+        else {
+            let e = proto::error_packet(ErrorCode::NotDefined, "server busy, try again");
+            link.send(&e, peer).await;
+            return;
+        };
+        _netascii_permit = Some(permit);
         let mut raw = vec![0u8; body.len() as usize];
         if body.read_at(0, &mut raw).is_err() {
             link.send(
