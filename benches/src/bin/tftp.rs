@@ -251,7 +251,7 @@ fn inner() -> Result<()> {
     for ((name, _, d), r) in servers.iter().zip(&recovered) {
         let cpu = cpu_seconds(d.pid());
         // tftpd-hpa's per-transfer children are reaped without accounting.
-        let cpu = if cpu > 0.0 {
+        let cpu = if cpu >= 0.05 {
             format!("{cpu:.1} s")
         } else {
             "not measurable".to_owned()
