@@ -226,6 +226,34 @@ fn real_clients_fetch_every_size_byte_exact() {
     f.stop();
 }
 
+#[test]
+fn a_storm_of_clients_shares_one_read_of_the_file() {
+    let curl = require("curl", "curl");
+    let f = start(&["-v"]);
+    let want = f.root().join("rollover.bin");
+    let children: Vec<_> = (0..30)
+        .map(|i| {
+            Command::new(&curl)
+                .args(["-sS", "--max-time", "60", "--tftp-blksize", "1468"])
+                .arg(format!("tftp://127.0.0.1:{}/rollover.bin", f.port))
+                .arg("-o")
+                .arg(f.out(&format!("storm-{i}")))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, mut c) in children.into_iter().enumerate() {
+        assert!(c.wait().unwrap().success(), "client {i} failed");
+        assert_same(&f.out(&format!("storm-{i}")), &want, "storm client");
+    }
+    let loads = plain_log(f.daemon())
+        .lines()
+        .filter(|l| l.contains("cache load") && l.contains("rollover.bin"))
+        .count();
+    assert_eq!(loads, 1, "30 clients, one read of the file");
+    f.stop();
+}
+
 /// Sends an RRQ from a fresh socket; returns the socket and the first reply.
 fn rrq(server: SocketAddr, name: &[u8], opts: &[(&str, &str)]) -> (UdpSocket, SocketAddr, Vec<u8>) {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();

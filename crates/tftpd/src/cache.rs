@@ -131,6 +131,7 @@ impl FileCache {
         let bytes = cell
             .get_or_try_init(|| async {
                 self.loads.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(path = %path.display(), size = version.size, "cache load");
                 let p = path.to_owned();
                 let data = tokio::task::spawn_blocking(move || std::fs::read(p))
                     .await
