@@ -496,12 +496,13 @@ fn single_port_mode_and_ipv6() {
     assert_same(&out, &f.root().join("rollover.bin"), "curl, single-port");
     f.stop();
 
-    // IPv6 listener.
+    // IPv6 and IPv4 listeners on the same port side by side.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("v6.bin"), pattern(3000, 6)).unwrap();
     let port = free_udp_port();
     let mut cmd = Command::new(bin("anyboot-tftpd"));
-    cmd.args(["--listen", &format!("[::1]:{port}"), "--root"])
+    cmd.args(["--listen", &format!("[::1]:{port}")])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--root"])
         .arg(dir.path());
     let d = Daemon::spawn("anyboot-tftpd", &mut cmd, &dir.path().join("log"));
     wait_for_log(&d, "anyboot-tftpd ready");
@@ -518,7 +519,34 @@ fn single_port_mode_and_ipv6() {
             .arg(&out),
     );
     assert_same(&out, &dir.path().join("v6.bin"), "curl over IPv6");
+    let out = dir.path().join("got4");
+    run_ok(
+        Command::new(&curl)
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                &format!("tftp://127.0.0.1:{port}/v6.bin"),
+                "-o",
+            ])
+            .arg(&out),
+    );
+    assert_same(
+        &out,
+        &dir.path().join("v6.bin"),
+        "curl over IPv4, same port",
+    );
     d.stop();
+}
+
+#[test]
+fn sigterm_with_a_transfer_in_flight_exits_cleanly() {
+    let f = start(&["--timeout-ms", "500", "--retries", "20"]);
+    let (_s, _tid, first) = rrq(f.addr(), b"b513.bin", &[]);
+    assert_eq!(&first[..4], &[0, 3, 0, 1]);
+    // The client never acknowledges: the transfer would last ~10 s; shutdown
+    // must end it within the grace period and exit 0 (Daemon::stop asserts).
+    f.stop();
 }
 
 const SITE: &str = r#"
