@@ -188,6 +188,9 @@ impl Config {
         if s.mtu != 0 && s.mtu < 576 {
             return Err(err("mtu", "must be 0 (no cap) or at least 576".into()));
         }
+        if s.listen.is_empty() {
+            return Err(err("listen", "give at least one address".into()));
+        }
         if s.max_sessions == 0 {
             return Err(err("max_sessions", "must be at least 1".into()));
         }

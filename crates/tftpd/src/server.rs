@@ -34,6 +34,8 @@ pub enum Error {
         what: String,
         source: std::io::Error,
     },
+    #[error("no TFTP listen address configured")]
+    NoListener,
     #[error("root {path}: {source}")]
     Root {
         path: PathBuf,
@@ -163,6 +165,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 impl Server {
     /// Binds every listener of `config` (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        if config.listen.is_empty() {
+            return Err(Error::NoListener);
+        }
         let root = std::fs::canonicalize(&config.root).map_err(|source| Error::Root {
             path: config.root.clone(),
             source,
@@ -254,13 +259,23 @@ impl Server {
 async fn listener(sock: Arc<UdpSocket>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let local = sock.local_addr().expect("bound");
     let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
-    let mut transfers: JoinSet<SocketAddr> = JoinSet::new();
+    let mut transfers: JoinSet<()> = JoinSet::new();
+    // Which peer each transfer task serves (so even a panicked task's peer is
+    // released).
+    let mut peers: HashMap<tokio::task::Id, SocketAddr> = HashMap::new();
     let mut routes: HashMap<SocketAddr, mpsc::Sender<(SocketAddr, Vec<u8>)>> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            Some(done) = transfers.join_next(), if !transfers.is_empty() => {
-                if let Ok(peer) = done {
+            Some(done) = transfers.join_next_with_id(), if !transfers.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        warn!(error = %e, "transfer task failed");
+                        e.id()
+                    }
+                };
+                if let Some(peer) = peers.remove(&id) {
                     routes.remove(&peer);
                     shared.active.lock().unwrap().remove(&(local, peer));
                 }
@@ -326,11 +341,11 @@ async fn listener(sock: Arc<UdpSocket>, shared: Arc<Shared>, mut stop: watch::Re
                 };
                 let request = dgram.to_vec();
                 let shared2 = shared.clone();
-                transfers.spawn(async move {
+                let handle = transfers.spawn(async move {
                     let _permit = permit;
                     transfer(shared2, link, from, request).await;
-                    from
                 });
+                peers.insert(handle.id(), from);
             }
         }
     }
