@@ -608,7 +608,9 @@ fn boot_tree_over_tftp_and_http_with_range() {
         format!(
             "{SITE}\n[tftpd]\nroot = \"tftp\"\nlisten = [\"127.0.0.1:{port}\"]\n\
              http_listen = [\"127.0.0.1:{http}\"]\n\
-             [[tftpd.class]]\nname = \"shim\"\nfilename = 'shim.*\\.efi$'\nmax_blksize = 512\nmax_windowsize = 1\n"
+             [[tftpd.class]]\nname = \"shim\"\nfilename = 'shim.*\\.efi$'\nmax_blksize = 512\nmax_windowsize = 1\n\
+             [[tftpd.remap]]\npattern = '^/+'\nreplace = ''\n\
+             [[tftpd.remap]]\npattern = 'private'\ndeny = true\n"
         ),
     )
     .unwrap();
@@ -665,6 +667,22 @@ fn boot_tree_over_tftp_and_http_with_range() {
         &format!("tftp://127.0.0.1:{port}/pxelinux.cfg/default"),
     ]));
     assert_eq!(body, "DEFAULT real\n");
+
+    // Remap rules: a leading slash is stripped, `private` names are refused.
+    std::fs::write(root.join("private.txt"), b"no").unwrap();
+    let (_, _, r) = rrq(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        b"/linux/vmlinuz",
+        &[],
+    );
+    assert_eq!(&r[..4], &[0, 3, 0, 1]);
+    assert_eq!(&r[4..], &kernel[..512]);
+    let (_, _, r) = rrq(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        b"private.txt",
+        &[],
+    );
+    assert_eq!(error_code(&r), Some(2));
 
     // A client class (by file name) caps the options shim may get.
     std::fs::write(root.join("shimx64.efi"), pattern(2000, 5)).unwrap();
