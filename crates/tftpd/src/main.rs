@@ -128,7 +128,10 @@ fn main() -> anyhow::Result<()> {
     let config = build(&args)?.context(
         "nothing to serve: give --root DIR (and --listen ADDR:PORT) or a --config with a [tftpd] section",
     )?;
+    // Each transfer runs in a blocking thread: room for every session (plus
+    // file reads) in the blocking pool.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(config.max_sessions + 64)
         .enable_all()
         .build()
         .context("starting the runtime")?;

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     active: Mutex<HashSet<(SocketAddr, SocketAddr)>>,
     dropped: AtomicU64,
     netascii_budget: Arc<Semaphore>,
+    /// Set when the shutdown grace period is over: blocking transfer threads
+    /// stop at their next tick.
+    abort: Arc<AtomicBool>,
 }
 
 /// A file served to a transfer or an HTTP response.
@@ -194,6 +197,7 @@ impl Server {
             active: Mutex::new(HashSet::new()),
             dropped: AtomicU64::new(0),
             netascii_budget: Arc::new(Semaphore::new(NETASCII_BUDGET)),
+            abort: Arc::new(AtomicBool::new(false)),
             config,
         });
         Ok(Self { shared, udp, http })
@@ -357,6 +361,8 @@ async fn listener(sock: Arc<UdpSocket>, shared: Arc<Shared>, mut stop: watch::Re
             aborted = transfers.len(),
             "grace period over; aborting transfers"
         );
+        // Blocking transfer threads see this at their next tick.
+        shared.abort.store(true, Ordering::Relaxed);
         transfers.abort_all();
         while transfers.join_next().await.is_some() {}
     }
@@ -490,7 +496,7 @@ async fn serve_read(shared: &Shared, link: Link, peer: SocketAddr, req: &Request
     );
     let started = Instant::now();
     let t = ReadTransfer::new(started, peer, body, nego);
-    drive(link, Core::Read(t), started, None).await;
+    drive(link, Core::Read(t), started, None, shared.abort.clone()).await;
 }
 
 async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Request<'_>) {
@@ -587,7 +593,14 @@ async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Reques
         target,
         overwrite: up.overwrite,
     };
-    drive(link, Core::Write(t), started, Some(sink)).await;
+    drive(
+        link,
+        Core::Write(t),
+        started,
+        Some(sink),
+        shared.abort.clone(),
+    )
+    .await;
 }
 
 struct Upload {
@@ -666,9 +679,143 @@ impl Core {
     }
 }
 
-/// The per-transfer loop: send what the core wants, wait for a datagram or its
-/// timer, repeat until it is finished.
-async fn drive(mut link: Link, mut core: Core, started: Instant, mut sink: Option<Upload>) {
+/// Drains the core's events: upload bytes to the sink, completion, failure.
+/// Returns `false` if the transfer must stop now (the upload file failed).
+fn handle_events(
+    core: &mut Core,
+    sink: &mut Option<Upload>,
+    started: Instant,
+    ok: &mut bool,
+) -> bool {
+    while let Some(ev) = core.poll_event() {
+        match ev {
+            Event::Data(d) => {
+                if let Some(s) = sink.as_mut() {
+                    if let Err(e) = s.file.write_all(&d) {
+                        warn!(error = %e, "upload write failed");
+                        if let Some(s) = sink.take() {
+                            s.abort();
+                        }
+                        return false;
+                    }
+                }
+            }
+            Event::Done { bytes } => {
+                let secs = started.elapsed().as_secs_f64();
+                info!(bytes, secs, "transfer complete");
+                *ok = true;
+                if let Some(s) = sink.take() {
+                    let target = target_name(&s.target);
+                    match s.commit() {
+                        Ok(()) => info!(path = %target, "upload stored"),
+                        Err(e) => warn!(path = %target, error = %e, "upload not stored"),
+                    }
+                }
+            }
+            Event::Failed(why) => {
+                info!(reason = ?why, "transfer failed");
+                if let Some(s) = sink.take() {
+                    s.abort();
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Longest a blocking transfer thread waits before it looks at its timer and
+/// at the shutdown flag again.
+const BLOCKING_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs a transfer: on its own socket, in a blocking thread (one `sendto` and
+/// one blocking `recvfrom` per packet, and the kernel wakes exactly this
+/// transfer: lock-step clients are latency-bound); in single-port mode, as an
+/// async task fed by the listener.
+async fn drive(
+    link: Link,
+    core: Core,
+    started: Instant,
+    sink: Option<Upload>,
+    abort: Arc<AtomicBool>,
+) {
+    match link {
+        Link::Own(sock) => {
+            let span = tracing::Span::current();
+            let sock = match sock.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot convert the transfer socket");
+                    return;
+                }
+            };
+            let r = tokio::task::spawn_blocking(move || {
+                let _g = span.enter();
+                drive_blocking(sock, core, started, sink, &abort)
+            })
+            .await;
+            if let Err(e) = r {
+                warn!(error = %e, "transfer thread failed");
+            }
+        }
+        link => drive_async(link, core, started, sink).await,
+    }
+}
+
+fn drive_blocking(
+    sock: std::net::UdpSocket,
+    mut core: Core,
+    started: Instant,
+    mut sink: Option<Upload>,
+    abort: &AtomicBool,
+) {
+    let mut out = vec![0u8; MAX_PACKET_LEN];
+    let mut inb = vec![0u8; MAX_PACKET_LEN + 1];
+    let mut ok = false;
+    if sock.set_nonblocking(false).is_err() || sock.set_read_timeout(Some(BLOCKING_TICK)).is_err() {
+        return;
+    }
+    loop {
+        while let Some(tx) = core.poll_transmit(&mut out) {
+            if let Err(e) = sock.send_to(&out[..tx.len], tx.dst) {
+                debug!(error = %e, "send");
+            }
+        }
+        if !handle_events(&mut core, &mut sink, started, &mut ok) {
+            return;
+        }
+        if core.is_finished() {
+            break;
+        }
+        if abort.load(Ordering::Relaxed) {
+            info!("aborted by shutdown");
+            break;
+        }
+        match sock.recv_from(&mut inb) {
+            Ok((n, from)) => core.handle(Instant::now(), from, &inb[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // ICMP port unreachable from a vanished peer, and the like.
+            Err(e) => debug!(error = %e, "recv"),
+        }
+        // A steady stream of packets must not starve the timer.
+        let now = Instant::now();
+        if core.poll_timeout().is_some_and(|d| d <= now) {
+            core.handle_timeout(now);
+        }
+    }
+    if !ok {
+        if let Some(s) = sink.take() {
+            s.abort();
+        }
+    }
+}
+
+/// The async per-transfer loop (single-port mode): send what the core wants,
+/// wait for a datagram or its timer, repeat until it is finished.
+async fn drive_async(mut link: Link, mut core: Core, started: Instant, mut sink: Option<Upload>) {
     let mut out = vec![0u8; MAX_PACKET_LEN];
     let mut inb = vec![0u8; MAX_PACKET_LEN + 1];
     let mut ok = false;
@@ -682,38 +829,8 @@ async fn drive(mut link: Link, mut core: Core, started: Instant, mut sink: Optio
         while let Some(tx) = core.poll_transmit(&mut out) {
             link.send(&out[..tx.len], tx.dst).await;
         }
-        while let Some(ev) = core.poll_event() {
-            match ev {
-                Event::Data(d) => {
-                    if let Some(s) = sink.as_mut() {
-                        if let Err(e) = s.file.write_all(&d) {
-                            warn!(error = %e, "upload write failed");
-                            if let Some(s) = sink.take() {
-                                s.abort();
-                            }
-                            return;
-                        }
-                    }
-                }
-                Event::Done { bytes } => {
-                    let secs = started.elapsed().as_secs_f64();
-                    info!(bytes, secs, "transfer complete");
-                    ok = true;
-                    if let Some(s) = sink.take() {
-                        let target = target_name(&s.target);
-                        match s.commit() {
-                            Ok(()) => info!(path = %target, "upload stored"),
-                            Err(e) => warn!(path = %target, error = %e, "upload not stored"),
-                        }
-                    }
-                }
-                Event::Failed(why) => {
-                    info!(reason = ?why, "transfer failed");
-                    if let Some(s) = sink.take() {
-                        s.abort();
-                    }
-                }
-            }
+        if !handle_events(&mut core, &mut sink, started, &mut ok) {
+            return;
         }
         if core.is_finished() {
             break;
