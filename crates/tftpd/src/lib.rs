@@ -2,6 +2,9 @@
 //! and windowsize, RFC 7440) and an HTTP listener for the same boot tree: files
 //! under a root plus virtual per-host files generated from the inventory.
 //!
+//! Each transfer on its own socket runs in a thread of tokio's blocking pool:
+//! embedders should size it (`max_blocking_threads`) above `max_sessions`.
+//!
 //! Embedding it:
 //!
 //! ```no_run

@@ -1,11 +1,11 @@
 //! The tokio driver: UDP listeners that accept RRQ/WRQ (RFC 1350 section 4) and
-//! start one task per transfer, each on its own ephemeral socket (its transfer
-//! ID) or, in single-port mode, multiplexed on the listening socket by peer
-//! address; plus the optional HTTP listeners. The protocol itself lives in
-//! [`crate::proto`].
+//! start one transfer per request, each on its own ephemeral socket (its
+//! transfer ID) served by a thread of the blocking pool (a blocking `recvfrom`
+//! per packet, so the kernel wakes exactly the transfer an ACK is for), or, in
+//! single-port mode, as an async task fed by the listener by peer address; plus
+//! the optional HTTP listeners. The protocol itself lives in [`crate::proto`].
 
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
