@@ -1,32 +1,30 @@
-//! anyboot-tftpd: TFTP server with option negotiation and windowsize, plus HTTP for the same boot tree.
+//! anyboot-tftpd: a TFTP server (RFC 1350 with the option RFCs 2347, 2348, 2349
+//! and windowsize, RFC 7440) and an HTTP listener for the same boot tree: files
+//! under a root plus virtual per-host files generated from the inventory.
 //!
-//! Skeleton: binds its listeners and runs until shutdown; the protocol core is
-//! built in its own issue.
+//! Each transfer on its own socket runs in a thread of tokio's blocking pool:
+//! embedders should size it (`max_blocking_threads`) above `max_sessions`.
+//!
+//! Embedding it:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use anyboot_tftpd::{Config, Server};
+//! let mut config = Config::new("127.0.0.1:0".parse()?, "/srv/tftp");
+//! config.http_listen = vec!["127.0.0.1:0".parse()?];
+//! let server = Server::bind(config).await?;
+//! println!("tftp on {}, http on {:?}", server.local_addr(), server.http_addrs());
+//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await?;
+//! # Ok(()) }
+//! ```
 
-use std::future::Future;
+pub mod cache;
+pub mod config;
+mod http;
+pub mod paths;
+pub mod proto;
+pub mod server;
 
 pub use anyboot_config::Site;
-
-/// Errors that stop the server.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot bind {what}: {source}")]
-    Bind {
-        what: String,
-        source: std::io::Error,
-    },
-}
-
-/// A bound server, ready to [`run`](Server::run).
-#[derive(Debug)]
-pub struct Server {
-    _private: (),
-}
-
-impl Server {
-    /// Runs until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        shutdown.await;
-        Ok(())
-    }
-}
+pub use config::Config;
+pub use server::{Error, Server};

@@ -1,0 +1,416 @@
+//! TFTP throughput of anyboot-tftpd against tftpd-hpa (`in.tftpd`) and
+//! dnsmasq's TFTP server, side by side on loopback, with one client for all:
+//! the bounded RFC 1350/2347/2348/7440 client below (it verifies every byte).
+//!
+//! dnsmasq cannot serve TFTP on a port other than 69, so the whole benchmark
+//! (all three servers and the clients) runs inside a network namespace it
+//! creates: the binary re-executes itself there.
+//!
+//! Workloads: one client fetching 64 MiB at blksize 512 and 1468 (and 1468 with
+//! windowsize 16: peers that do not implement RFC 7440 leave it out of their
+//! OACK and the client falls back to lock-step), and 50 concurrent clients each
+//! fetching the same 16 MiB file (a PXE storm). Run by `cargo xtask bench tftp`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyboot_benches::{table, Row};
+use anyboot_tests::{require, Daemon, Netns};
+use anyhow::{bail, Context, Result};
+
+const INNER: &str = "ANYBOOT_TFTP_BENCH_INNER";
+const BIG: usize = 64 << 20;
+const STORM: usize = 16 << 20;
+const CLIENTS: usize = 50;
+
+fn main() -> Result<()> {
+    if std::env::var_os(INNER).is_none() {
+        let ns = Netns::new("tftpbench");
+        // tftpd-hpa resolves its bind address with AI_ADDRCONFIG, which
+        // ignores loopback: give the namespace one non-loopback address.
+        ns.exec_ok(&[
+            "ip", "link", "add", "abtb0", "type", "veth", "peer", "name", "abtb1",
+        ]);
+        ns.exec_ok(&["ip", "addr", "add", "10.99.0.1/24", "dev", "abtb0"]);
+        ns.exec_ok(&["ip", "link", "set", "abtb0", "up"]);
+        ns.exec_ok(&["ip", "link", "set", "abtb1", "up"]);
+        let exe = std::env::current_exe()?;
+        let status = ns
+            .command(&exe)
+            .env(INNER, "1")
+            .status()
+            .context("re-running the benchmark inside its network namespace")?;
+        if !status.success() {
+            bail!("benchmark failed: {status}");
+        }
+        return Ok(());
+    }
+    inner()
+}
+
+/// A scratch directory removed on drop (also when the benchmark fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ours() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| anyboot_tests::workspace_root().join("target"));
+    let p = target.join("release/anyboot-tftpd");
+    assert!(
+        p.exists(),
+        "{} is not built: `cargo xtask bench tftp` builds it",
+        p.display()
+    );
+    p
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn wait_udp_ready(server: SocketAddr) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if fetch(server, "ready", 512, 1, b"ok").is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{server} never answered")
+}
+
+fn inner() -> Result<()> {
+    require("in.tftpd", "tftpd-hpa");
+    require("dnsmasq", "dnsmasq");
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("anyboot-tftp-bench-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(dir.path());
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root)?;
+    // World-readable files: tftpd-hpa refuses others.
+    let big = pattern(BIG, 1);
+    let storm = pattern(STORM, 2);
+    std::fs::write(root.join("big.bin"), &big)?;
+    std::fs::write(root.join("storm.bin"), &storm)?;
+    std::fs::write(root.join("ready"), b"ok")?;
+    let log = |n: &str| dir.path().join(format!("{n}.log"));
+
+    let mut servers: Vec<(String, SocketAddr, Daemon)> = Vec::new();
+    let a: SocketAddr = "127.0.0.1:6969".parse()?;
+    servers.push((
+        "anyboot".into(),
+        a,
+        Daemon::spawn(
+            "anyboot-tftpd",
+            Command::new(ours())
+                .args(["-q", "--listen", &a.to_string(), "--root"])
+                .arg(&root)
+                .args(["--max-sessions", "1000"]),
+            &log("anyboot"),
+        ),
+    ));
+    let h: SocketAddr = "127.0.0.1:6970".parse()?;
+    servers.push((
+        "tftpd-hpa".into(),
+        h,
+        Daemon::spawn(
+            "in.tftpd",
+            Command::new("in.tftpd")
+                .args(["-L", "-u", "root", "-a", &h.to_string(), "-s"])
+                .arg(&root),
+            &log("hpa"),
+        ),
+    ));
+    let d: SocketAddr = "127.0.0.1:69".parse()?;
+    servers.push((
+        "dnsmasq".into(),
+        d,
+        Daemon::spawn(
+            "dnsmasq",
+            Command::new("dnsmasq")
+                .args([
+                    "-d",
+                    "--port=0",
+                    "--conf-file=/dev/null",
+                    "--user=root",
+                    "--group=root",
+                    "--interface=lo",
+                    "--bind-interfaces",
+                    "--enable-tftp",
+                    "--tftp-max=1000",
+                    "--quiet-tftp",
+                ])
+                .arg(format!(
+                    "--pid-file={}",
+                    dir.path().join("dnsmasq.pid").display()
+                ))
+                .arg(format!("--tftp-root={}", root.display())),
+            &log("dnsmasq"),
+        ),
+    ));
+    for (name, addr, _) in &servers {
+        wait_udp_ready(*addr).with_context(|| format!("{name} did not start"))?;
+    }
+
+    let mut rows = Vec::new();
+    // Client recoveries (timeouts, gap ACKs) per server, to show loss honestly.
+    let mut recovered = vec![0u32; servers.len()];
+    for (bs, ws) in [(512u16, 1u16), (1468, 1), (1468, 16)] {
+        let mut values = Vec::new();
+        for (i, (name, addr, _)) in servers.iter().enumerate() {
+            let t = Instant::now();
+            let (granted, r) = fetch(*addr, "big.bin", bs, ws, &big)
+                .with_context(|| format!("{name}: 64 MiB at blksize {bs}"))?;
+            recovered[i] += r;
+            let mbs = BIG as f64 / t.elapsed().as_secs_f64() / 1e6;
+            let label = if ws > 1 {
+                format!("{name}[w{granted}]")
+            } else {
+                name.clone()
+            };
+            values.push((label, mbs));
+        }
+        let w = if ws > 1 {
+            format!(" windowsize {ws}")
+        } else {
+            String::new()
+        };
+        rows.push(Row {
+            workload: format!("1 client, 64 MiB, blksize {bs}{w}"),
+            values,
+        });
+    }
+    for ws in [1u16, 16] {
+        let mut values = Vec::new();
+        for (i, (name, addr, _)) in servers.iter().enumerate() {
+            let t = Instant::now();
+            let results: Vec<Result<(u16, u32)>> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..CLIENTS)
+                    .map(|_| s.spawn(|| fetch(*addr, "storm.bin", 1468, ws, &storm)))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let secs = t.elapsed().as_secs_f64();
+            let mut granted = 0;
+            for r in results {
+                let (g, rec) = r.with_context(|| format!("{name}: {CLIENTS} clients"))?;
+                granted = g;
+                recovered[i] += rec;
+            }
+            let label = if ws > 1 {
+                format!("{name}[w{granted}]")
+            } else {
+                name.clone()
+            };
+            values.push((label, (CLIENTS * STORM) as f64 / secs / 1e6));
+        }
+        let w = if ws > 1 {
+            format!(" windowsize {ws}")
+        } else {
+            String::new()
+        };
+        rows.push(Row {
+            workload: format!("{CLIENTS} clients x 16 MiB, blksize 1468{w} (sum)"),
+            values,
+        });
+    }
+    println!(
+        "{}",
+        table(
+            "TFTP read throughput on loopback (release build)",
+            "MB/s",
+            &rows
+        )
+    );
+    println!(
+        "[wN] = windowsize the server granted (1: not supported, lock-step).\n\
+         Shared 2-core machine: absolute figures are noisy; compare the ratios of one run."
+    );
+    for ((name, _, d), r) in servers.iter().zip(&recovered) {
+        let cpu = cpu_seconds(d.pid());
+        // tftpd-hpa's per-transfer children are reaped without accounting.
+        let cpu = if cpu >= 0.05 {
+            format!("{cpu:.1} s")
+        } else {
+            "not measurable".to_owned()
+        };
+        println!(
+            "{name}: server CPU over all rows {cpu}; client recoveries (timeouts + gap ACKs): {r}"
+        );
+    }
+    // Dropping a Daemon stops it (SIGTERM by PID).
+    drop(servers);
+    Ok(())
+}
+
+/// CPU time of a process and its reaped children (tftpd-hpa forks one per
+/// transfer), from /proc/PID/stat, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the `(comm)`: utime is field 14, cstime field 17 (1-based).
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // rest[0] is field 3 (state), so field n is rest[n - 3].
+    let ticks: f64 = (14..=17)
+        .map(|n| f.get(n - 3).copied().unwrap_or(0.0))
+        .sum();
+    ticks / 100.0
+}
+
+/// Fetches `name` and checks it equals `expect`; returns the windowsize used and
+/// how often the client had to recover (timeouts and gap ACKs).
+/// Bounded: 20 consecutive timeouts of 300 ms end it with an error.
+fn fetch(
+    server: SocketAddr,
+    name: &str,
+    blksize: u16,
+    windowsize: u16,
+    expect: &[u8],
+) -> Result<(u16, u32)> {
+    let s = UdpSocket::bind(if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    })?;
+    s.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut rrq = vec![0, 1];
+    rrq.extend_from_slice(name.as_bytes());
+    rrq.extend_from_slice(b"\0octet\0");
+    let mut opt = |k: &str, v: String| {
+        rrq.extend_from_slice(k.as_bytes());
+        rrq.push(0);
+        rrq.extend_from_slice(v.as_bytes());
+        rrq.push(0);
+    };
+    if blksize != 512 {
+        opt("blksize", blksize.to_string());
+    }
+    if windowsize > 1 {
+        opt("windowsize", windowsize.to_string());
+    }
+    s.send_to(&rrq, server)?;
+    let mut tid: Option<SocketAddr> = None;
+    let (mut bs, mut ws) = (512usize, 1u16);
+    let mut received: u64 = 0;
+    let mut in_window = 0u16;
+    let mut last_ack: Option<[u8; 4]> = None;
+    let mut gap_acked = false;
+    let mut timeouts = 0;
+    let mut recoveries = 0u32;
+    let mut buf = vec![0u8; 65536];
+    let mut offset = 0usize;
+    loop {
+        let (n, from) = match s.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                timeouts += 1;
+                recoveries += 1;
+                if timeouts > 20 {
+                    bail!("timed out after {received} blocks");
+                }
+                match (tid, last_ack) {
+                    (Some(t), Some(a)) => s.send_to(&a, t)?,
+                    _ => s.send_to(&rrq, server)?,
+                };
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if tid.is_some_and(|t| t != from) || n < 4 {
+            continue;
+        }
+        tid = Some(from);
+        timeouts = 0;
+        let p = &buf[..n];
+        let op = u16::from_be_bytes([p[0], p[1]]);
+        let block = u16::from_be_bytes([p[2], p[3]]);
+        match op {
+            6 if received == 0 => {
+                let strs: Vec<&[u8]> = p[2..].split(|&b| b == 0).collect();
+                for kv in strs.chunks(2) {
+                    if kv.len() == 2 {
+                        let v: usize = std::str::from_utf8(kv[1])?.parse().unwrap_or(0);
+                        match std::str::from_utf8(kv[0])?.to_ascii_lowercase().as_str() {
+                            "blksize" => bs = v,
+                            "windowsize" => ws = v as u16,
+                            _ => {}
+                        }
+                    }
+                }
+                let a = [0, 4, 0, 0];
+                s.send_to(&a, from)?;
+                last_ack = Some(a);
+            }
+            3 => {
+                let d = block.wrapping_sub(received as u16);
+                if d == 1 {
+                    let data = &p[4..];
+                    if offset + data.len() > expect.len()
+                        || expect[offset..offset + data.len()] != *data
+                    {
+                        bail!("wrong bytes at offset {offset}");
+                    }
+                    offset += data.len();
+                    received += 1;
+                    in_window += 1;
+                    gap_acked = false;
+                    let done = data.len() < bs;
+                    if done || in_window >= ws {
+                        in_window = 0;
+                        let a = [0, 4, p[2], p[3]];
+                        s.send_to(&a, from)?;
+                        last_ack = Some(a);
+                    }
+                    if done {
+                        if offset != expect.len() {
+                            bail!("short file: {offset} of {} bytes", expect.len());
+                        }
+                        return Ok((ws, recoveries));
+                    }
+                } else if d != 0 && d < 32768 && !gap_acked {
+                    recoveries += 1;
+                    gap_acked = true;
+                    in_window = 0;
+                    let b = (received as u16).to_be_bytes();
+                    let a = [0, 4, b[0], b[1]];
+                    s.send_to(&a, from)?;
+                    last_ack = Some(a);
+                }
+            }
+            5 => bail!("server error {block}: {}", String::from_utf8_lossy(&p[4..])),
+            _ => {}
+        }
+    }
+}
