@@ -1,0 +1,529 @@
+//! The tokio driver: accepts TCP connections, runs the login and session cores,
+//! executes SCSI commands on the blocking pool, and writes PDUs. One task per
+//! connection plus one writer task; a semaphore bounds the sessions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyboot_images::{Attachment, BlockDevice, DiskMode};
+use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::{Backing, Config};
+use crate::proto::login::{Login, SessionKind, Step, TargetAuth};
+use crate::proto::scsi::{self, Lu, LuShared};
+use crate::proto::session::{Event, Session, Setup};
+use crate::proto::{Framer, Pdu};
+use crate::Error;
+
+/// How long in-flight connections get to finish after shutdown starts.
+const GRACE: Duration = Duration::from_secs(5);
+/// Login must finish within this time.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct LunRuntime {
+    lun: u16,
+    backing: Backing,
+    /// Opened once for shared images and given devices.
+    shared_device: Option<Arc<dyn BlockDevice>>,
+    state: Arc<LuShared>,
+}
+
+#[derive(Debug)]
+struct TargetRuntime {
+    luns: Vec<LunRuntime>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    auth: Arc<Vec<TargetAuth>>,
+    targets: Vec<TargetRuntime>,
+    next_tsih: AtomicU16,
+    /// Live sessions by I_T nexus, to reinstate (close) an old one on re-login.
+    live: Mutex<HashMap<String, (u16, watch::Sender<bool>)>>,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+fn stable_id(iqn: &str, lun: u16) -> u64 {
+    // FNV-1a: stable across restarts, so NAA/serial stay the same.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in iqn.bytes().chain(lun.to_be_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Server {
+    /// Opens shared images and binds every portal.
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        let mut targets = Vec::new();
+        for t in &config.targets {
+            let mut luns = Vec::new();
+            for l in &t.luns {
+                let shared_device = match &l.backing {
+                    Backing::Device(d) => Some(d.clone()),
+                    Backing::Disk(spec) if spec.mode == DiskMode::Shared => {
+                        let a = Attachment::open(spec, "").map_err(|e| Error::Image {
+                            what: format!("{} LUN {} ({})", t.iqn, l.lun, spec.image.display()),
+                            source: e,
+                        })?;
+                        Some(a.device().clone())
+                    }
+                    Backing::Disk(_) => None,
+                };
+                luns.push(LunRuntime {
+                    lun: l.lun,
+                    backing: l.backing.clone(),
+                    shared_device,
+                    state: Arc::new(LuShared {
+                        id: stable_id(&t.iqn, l.lun),
+                        ..LuShared::default()
+                    }),
+                });
+            }
+            targets.push(TargetRuntime { luns });
+        }
+        let auth = Arc::new(
+            config
+                .targets
+                .iter()
+                .map(|t| TargetAuth {
+                    iqn: t.iqn.clone(),
+                    alias: t.alias.clone(),
+                    allow: t.allow.clone(),
+                    chap: t.chap.clone(),
+                })
+                .collect(),
+        );
+        let mut listeners = Vec::new();
+        for a in &config.listen {
+            let l = TcpListener::bind(a).await.map_err(|e| Error::Bind {
+                what: a.to_string(),
+                source: e,
+            })?;
+            listeners.push(l);
+        }
+        Ok(Self {
+            listeners,
+            shared: Arc::new(Shared {
+                config,
+                auth,
+                targets,
+                next_tsih: AtomicU16::new(1),
+                live: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The bound portal addresses (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// The first bound portal.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addrs()[0]
+    }
+
+    /// Serves until `shutdown` resolves, then closes every session within a
+    /// grace period and flushes the devices.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sem = Arc::new(Semaphore::new(self.shared.config.max_sessions));
+        let mut conns = JoinSet::new();
+        let mut accepts = JoinSet::new();
+        for l in self.listeners {
+            let shared = self.shared.clone();
+            let sem = sem.clone();
+            let stop = stop_rx.clone();
+            accepts.spawn(accept_loop(l, shared, sem, stop));
+        }
+        for a in self.shared.config.listen.iter() {
+            info!(portal = %a, targets = self.shared.config.targets.len(), "iSCSI target listening");
+        }
+        shutdown.await;
+        info!("stopping: no new sessions, closing the open ones");
+        let _ = stop_tx.send(true);
+        while let Some(r) = accepts.join_next().await {
+            if let Ok(mut set) = r {
+                conns.spawn(async move {
+                    let deadline = tokio::time::sleep(GRACE);
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            r = set.join_next() => if r.is_none() { break },
+                            _ = &mut deadline => { set.abort_all(); break }
+                        }
+                    }
+                });
+            }
+        }
+        while conns.join_next().await.is_some() {}
+        for t in &self.shared.targets {
+            for l in &t.luns {
+                if let Some(d) = &l.shared_device {
+                    let d = d.clone();
+                    let _ = tokio::task::spawn_blocking(move || d.flush()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    l: TcpListener,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            r = l.accept() => {
+                let (sock, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = sem.clone().try_acquire_owned() else {
+                    warn!(%peer, "too many sessions; connection refused");
+                    drop(sock);
+                    continue;
+                };
+                let _ = sock.set_nodelay(true);
+                let shared = shared.clone();
+                let stop = stop.clone();
+                let span = info_span!(
+                    "conn",
+                    %peer,
+                    initiator = tracing::field::Empty,
+                    tsih = tracing::field::Empty
+                );
+                set.spawn(async move {
+                    if let Err(e) = serve(sock, shared, stop).await {
+                        debug!(error = %e, "connection ended");
+                    }
+                    drop(permit);
+                }.instrument(span));
+                while set.try_join_next().is_some() {}
+            }
+        }
+    }
+    set
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("framing: {0}")]
+    Frame(#[from] crate::proto::FrameError),
+    #[error("login failed")]
+    Login,
+    #[error("peer closed")]
+    Closed,
+}
+
+async fn read_pdu(
+    sock: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+    framer: &Framer,
+) -> Result<Pdu, ConnError> {
+    loop {
+        if let Some(p) = framer.decode(buf)? {
+            return Ok(p);
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        if sock.read_buf(buf).await? == 0 {
+            return Err(ConnError::Closed);
+        }
+    }
+}
+
+fn encode_into(out: &mut Vec<u8>, p: &Pdu, hd: bool, dd: bool) {
+    let (h, d, t) = p.encode(hd, dd);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&d);
+    out.extend_from_slice(&t);
+}
+
+async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), ConnError> {
+    let local = sock.local_addr()?;
+    let cfg = &shared.config;
+    let tsih = loop {
+        let t = shared.next_tsih.fetch_add(1, Ordering::Relaxed);
+        if t != 0 {
+            break t;
+        }
+    };
+    let mut rng = StdRng::from_entropy();
+    let mut login = Login::new(
+        shared.auth.clone(),
+        cfg.discovery_chap.clone(),
+        cfg.limits,
+        cfg.queue_depth,
+        tsih,
+        rand::Rng::gen(&mut rng),
+    );
+    let login_framer = Framer {
+        header_digest: false,
+        data_digest: false,
+        max_data: 64 * 1024,
+    };
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
+    // Login phase.
+    let est = loop {
+        let pdu = tokio::select! {
+            r = read_pdu(&mut sock, &mut buf, &login_framer) => r?,
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!("login timed out");
+                return Err(ConnError::Login);
+            }
+            _ = stop.changed() => return Ok(()),
+        };
+        match login.handle(&pdu, &mut rng) {
+            Step::Continue(resp) => {
+                let mut out = Vec::new();
+                encode_into(&mut out, &resp, false, false);
+                sock.write_all(&out).await?;
+            }
+            Step::Fail(resp) => {
+                let st = resp.bhs().word36() >> 16;
+                warn!(status = format!("{st:04x}"), "login refused");
+                let mut out = Vec::new();
+                encode_into(&mut out, &resp, false, false);
+                sock.write_all(&out).await?;
+                return Err(ConnError::Login);
+            }
+            Step::Done(resp, est) => break (resp, est),
+        }
+    };
+    let (mut resp, est) = est;
+    let nexus = format!("{},i,0x{}", est.initiator, hex::encode(est.isid));
+    let span = tracing::Span::current();
+    span.record("initiator", est.initiator.as_str());
+    span.record("tsih", est.tsih);
+
+    // Attach the LUs (per-initiator overlays open here).
+    let mut lus: Vec<Lu> = Vec::new();
+    let mut target_idx = None;
+    if let SessionKind::Normal(i) = est.kind {
+        target_idx = Some(i);
+        for l in &shared.targets[i].luns {
+            let dev = match (&l.shared_device, &l.backing) {
+                (Some(d), _) => Ok(d.clone()),
+                (None, Backing::Disk(spec)) => {
+                    let spec = spec.clone();
+                    let who = est.initiator.clone();
+                    tokio::task::spawn_blocking(move || Attachment::open(&spec, &who).map(|a| a.device().clone()))
+                        .await
+                        .unwrap_or(Err(anyboot_images::Error::Unsupported("attach task failed")))
+                }
+                (None, Backing::Device(d)) => Ok(d.clone()),
+            };
+            match dev {
+                Ok(device) => lus.push(Lu {
+                    lun: l.lun,
+                    device,
+                    shared: l.state.clone(),
+                }),
+                Err(e) => {
+                    warn!(lun = l.lun, error = %e, "cannot attach the LUN; login refused");
+                    // Turn the final response into "target error: service unavailable".
+                    let mut b = resp.bhs_mut();
+                    b.set_flags(0x04);
+                    b.set_lun_bytes({
+                        let mut x = [0u8; 8];
+                        x[..6].copy_from_slice(&est.isid);
+                        x
+                    });
+                    b.set_word36(u32::from_be_bytes([3, 1, 0, 0]));
+                    let mut out = Vec::new();
+                    encode_into(&mut out, &resp, false, false);
+                    sock.write_all(&out).await?;
+                    return Err(ConnError::Login);
+                }
+            }
+        }
+    }
+    {
+        let mut out = Vec::new();
+        encode_into(&mut out, &resp, false, false);
+        sock.write_all(&out).await?;
+    }
+    info!(kind = ?est.kind, params = ?est.params, "logged in");
+
+    // Session reinstatement: a new login of the same I_T nexus ends the old one.
+    let (kill_tx, mut kill_rx) = watch::channel(false);
+    if target_idx.is_some() {
+        if let Ok(mut live) = shared.live.lock() {
+            if let Some((_, old)) = live.insert(nexus.clone(), (est.tsih, kill_tx)) {
+                let _ = old.send(true);
+            }
+        }
+    }
+
+    let portal = match local {
+        SocketAddr::V4(a) => format!("{}:{},1", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{},1", a.ip(), a.port()),
+    };
+    let visible = shared
+        .auth
+        .iter()
+        .filter(|t| t.admits(&est.initiator))
+        .map(|t| (t.iqn.clone(), portal.clone()))
+        .collect();
+    let luns_list: Vec<u16> = lus.iter().map(|l| l.lun).collect();
+    let mut session = Session::new(Setup {
+        kind: est.kind.clone(),
+        params: est.params,
+        exp_cmd_sn: est.exp_cmd_sn,
+        stat_sn: est.stat_sn,
+        queue_depth: cfg.queue_depth,
+        luns: lus.iter().map(|l| (l.lun, l.device.block_size())).collect(),
+        visible,
+        own_target: target_idx.map(|i| shared.auth[i].iqn.clone()),
+        nop_interval: cfg.nop_interval,
+    });
+    let p = est.params;
+    let framer = Framer {
+        header_digest: p.header_digest,
+        data_digest: p.data_digest,
+        max_data: p.max_recv_data_segment as usize,
+    };
+    let (mut rd, mut wr) = sock.into_split();
+    let (tx_out, mut rx_out) = mpsc::channel::<Vec<u8>>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx_out.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, scsi::Response)>();
+    let lus = Arc::new(lus);
+    let iqn: Arc<str> = target_idx.map(|i| shared.auth[i].iqn.clone()).unwrap_or_default().into();
+    let nexus_arc: Arc<str> = nexus.clone().into();
+    let luns_arc: Arc<[u16]> = luns_list.into();
+    session.handle_timeout(Instant::now());
+    let mut closing = false;
+    let result = loop {
+        // Drain the core's outputs.
+        while let Some(req) = session.poll_exec() {
+            let lus = lus.clone();
+            let done = done_tx.clone();
+            let (iqn, nexus, luns) = (iqn.clone(), nexus_arc.clone(), luns_arc.clone());
+            tokio::task::spawn_blocking(move || {
+                let lu = lus.iter().find(|l| l.lun == req.lun);
+                let ctx = scsi::Context {
+                    nexus: &nexus,
+                    target_iqn: &iqn,
+                    luns: &luns,
+                };
+                let r = scsi::execute(lu, &ctx, &req.cdb, &req.data);
+                let _ = done.send((req.id, r));
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(pdu) = session.poll_transmit() {
+            encode_into(&mut out, &pdu, p.header_digest, p.data_digest);
+            if out.len() >= 1 << 20 {
+                if tx_out.send(std::mem::take(&mut out)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() && tx_out.send(out).await.is_err() {
+            break Err(ConnError::Closed);
+        }
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                Event::Close => closing = true,
+                Event::LunReset(lun) => {
+                    if let Some(l) = lus.iter().find(|l| l.lun == lun) {
+                        reset_lu(&l.shared);
+                    }
+                }
+                Event::TargetReset => {
+                    for l in lus.iter() {
+                        reset_lu(&l.shared);
+                    }
+                }
+            }
+        }
+        if closing {
+            break Ok(());
+        }
+        let timeout = session.poll_timeout();
+        tokio::select! {
+            r = read_pdu(&mut rd, &mut buf, &framer) => match r {
+                Ok(pdu) => session.handle(Instant::now(), pdu),
+                Err(e) => break Err(e),
+            },
+            Some((id, r)) = done_rx.recv() => session.complete(id, r),
+            _ = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            } => session.handle_timeout(Instant::now()),
+            _ = stop.changed() => break Ok(()),
+            _ = kill_rx.changed() => {
+                info!("session reinstated by a new login; closing the old one");
+                break Ok(());
+            }
+        }
+    };
+    drop(tx_out);
+    let _ = writer.await;
+    // I_T nexus loss: SPC-2 reservations and PREVENT state end.
+    for l in lus.iter() {
+        if let Ok(mut st) = l.shared.state.lock() {
+            st.reservations.nexus_lost(&nexus);
+            st.prevent.remove(&nexus);
+        }
+    }
+    if let Ok(mut live) = shared.live.lock() {
+        if live.get(&nexus).is_some_and(|(t, _)| *t == est.tsih) {
+            live.remove(&nexus);
+        }
+    }
+    info!("session closed");
+    result
+}
+
+fn reset_lu(s: &LuShared) {
+    if let Ok(mut st) = s.state.lock() {
+        st.reservations.reset();
+        st.prevent.clear();
+    }
+}
