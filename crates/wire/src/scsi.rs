@@ -143,6 +143,7 @@ pub mod asc {
     pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
     pub const INSUFFICIENT_RESOURCES: (u8, u8) = (0x55, 0x03);
     pub const OVERLAPPED_COMMANDS: (u8, u8) = (0x4e, 0x00);
+    pub const DATA_PHASE_ERROR: (u8, u8) = (0x4b, 0x00);
 }
 
 /// Sense data to return with CHECK CONDITION (SPC-4 4.5).

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyboot_wire::iscsi::{self, flags, Bhs, Opcode, BHS_LEN, RESERVED_TAG};
-use anyboot_wire::scsi::{status, Sense, SenseKey};
+use anyboot_wire::scsi::{asc, status, Sense, SenseKey};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
@@ -101,10 +101,11 @@ struct Task {
     r2t_sn: u32,
     /// Whether Data-Out is expected (W bit and a non-zero EDTL).
     write: bool,
-    /// A write that needs more data than the initiator said it would send.
-    overflow: Option<u32>,
-    /// A write that needs less data than the initiator sends.
-    underflow: Option<u32>,
+    /// Residual flag and count when the CDB and the Expected Data Transfer
+    /// Length disagree about the Data-Out size.
+    residual: Option<(u8, u32)>,
+    /// The disagreement is fatal for this command (WRITE SAME, COMPARE AND WRITE).
+    refuse: bool,
 }
 
 /// The full-feature-phase state machine of one connection.
@@ -413,8 +414,8 @@ impl Session {
             next_r2t_offset: 0,
             r2t_sn: 0,
             write: write && edtl > 0,
-            overflow: None,
-            underflow: None,
+            residual: None,
+            refuse: false,
         };
         if write && edtl > 0 {
             if edtl > MAX_WRITE_BYTES {
@@ -439,12 +440,16 @@ impl Session {
             }
         }
         if let Some(bs) = self.block_size(lun) {
-            if let Some(need) = scsi::data_out_len(&cdb, bs) {
+            if let Some((need, strict)) = scsi::data_out_len(&cdb, bs) {
                 let sent = if write { edtl as u64 } else { 0 };
                 if need > sent {
-                    task.overflow = Some((need - sent) as u32);
+                    task.residual = Some((flags::OVERFLOW, (need - sent) as u32));
+                    // A plain write covers only the blocks the initiator sends
+                    // (RFC 7143 section 11.4.5.2: the residual says what was not).
+                    task.refuse = strict || !scsi::truncate_transfer(&mut task.cdb, sent / bs as u64);
                 } else if need < sent {
-                    task.underflow = Some((sent - need) as u32);
+                    task.residual = Some((flags::UNDERFLOW, (sent - need) as u32));
+                    task.refuse = strict;
                 }
             }
         }
@@ -508,14 +513,14 @@ impl Session {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return;
         };
-        if let Some(over) = task.overflow {
-            // The CDB asks for more data than the initiator sends: refuse
-            // before touching the medium, report the overflow.
-            let r = Response::check(Sense::new(SenseKey::IllegalRequest, (0x0e, 0x03)), false);
-            let (lun, edtl, read) = (task.lun, task.edtl, task.read);
+        if task.refuse {
+            // The Data-Out size contradicts the CDB where that cannot be
+            // resolved by writing less: refuse before touching the medium.
+            let r = Response::check(Sense::invalid_cdb(), false);
+            let (lun, edtl, read, res) = (task.lun, task.edtl, task.read, task.residual);
             let t = self.tasks.remove(&itt);
             self.release(t);
-            self.send_response(itt, lun, r, edtl, read, Some((flags::OVERFLOW, over)));
+            self.send_response(itt, lun, r, edtl, read, res);
             return;
         }
         task.state = TaskState::Executing;
@@ -556,61 +561,63 @@ impl Session {
             return;
         }
         let end = offset.checked_add(len);
-        if ttt == RESERVED_TAG {
+        // Any sequence error ends the task (ErrorRecoveryLevel 0 has no
+        // SNACK): Reject the PDU, answer the command with ABORTED COMMAND,
+        // drop its later Data-Out. The connection itself stays up.
+        let problem: Option<&'static str> = if ttt == RESERVED_TAG {
             let limit = self.s.params.first_burst.min(task.edtl);
             if task.unsolicited_done || self.s.params.initial_r2t || end.is_none_or(|e| e > limit) {
-                warn!(itt, offset, len, "unsolicited Data-Out not allowed here");
-                self.reject(0x09, &pdu.bhs);
-                self.close();
-                return;
-            }
-            if data_sn != task.unsolicited_data_sn {
-                warn!(itt, data_sn, "unexpected DataSN; closing (ErrorRecoveryLevel 0)");
-                self.reject(0x09, &pdu.bhs);
-                self.close();
-                return;
-            }
-            task.unsolicited_data_sn += 1;
-            let (o, e) = (offset as usize, (offset + len) as usize);
-            if e > task.data.len() {
-                self.reject(0x09, &pdu.bhs);
-                self.close();
-                return;
-            }
-            task.data[o..e].copy_from_slice(&pdu.data);
-            task.received += len;
-            if final_bit {
-                task.unsolicited_done = true;
+                Some("unsolicited Data-Out not allowed here")
+            } else if data_sn != task.unsolicited_data_sn {
+                Some("unexpected DataSN")
+            } else if (offset + len) as usize > task.data.len() || offset != task.received {
+                Some("unsolicited Data-Out out of order")
+            } else {
+                task.unsolicited_data_sn += 1;
+                let (o, e) = (offset as usize, (offset + len) as usize);
+                task.data[o..e].copy_from_slice(&pdu.data);
+                task.received += len;
+                if final_bit {
+                    task.unsolicited_done = true;
+                }
+                None
             }
         } else {
-            let Some(i) = task.r2ts.iter().position(|r| r.ttt == ttt) else {
-                warn!(itt, ttt, "Data-Out with an unknown target transfer tag");
-                self.reject(0x09, &pdu.bhs);
-                return;
-            };
-            let r = &mut task.r2ts[i];
-            let ok = end.is_some_and(|e| offset >= r.offset && e <= r.offset + r.len);
-            if !ok || offset != r.offset + r.received {
-                warn!(itt, offset, len, "Data-Out outside its R2T");
-                self.reject(0x09, &pdu.bhs);
-                self.close();
-                return;
+            match task.r2ts.iter().position(|r| r.ttt == ttt) {
+                None => Some("Data-Out with an unknown target transfer tag"),
+                Some(i) => {
+                    let r = &mut task.r2ts[i];
+                    let ok = end.is_some_and(|e| offset >= r.offset && e <= r.offset + r.len);
+                    if !ok || offset != r.offset + r.received {
+                        Some("Data-Out outside its R2T")
+                    } else if data_sn != r.next_data_sn {
+                        Some("unexpected DataSN")
+                    } else {
+                        r.next_data_sn += 1;
+                        r.received += len;
+                        let (o, e) = (offset as usize, (offset + len) as usize);
+                        task.data[o..e].copy_from_slice(&pdu.data);
+                        task.received += len;
+                        if r.received >= r.len || final_bit {
+                            let done = task.r2ts.remove(i);
+                            self.ttts.remove(&done.ttt);
+                        }
+                        None
+                    }
+                }
             }
-            if data_sn != r.next_data_sn {
-                warn!(itt, data_sn, "unexpected DataSN; closing (ErrorRecoveryLevel 0)");
-                self.reject(0x09, &pdu.bhs);
-                self.close();
-                return;
+        };
+        if let Some(why) = problem {
+            warn!(itt, ttt, offset, len, data_sn, why);
+            self.reject(0x09, &pdu.bhs);
+            if let Some(t) = self.tasks.remove(&itt) {
+                let (lun, edtl, read) = (t.lun, t.edtl, t.read);
+                let sense = Sense::new(SenseKey::AbortedCommand, asc::DATA_PHASE_ERROR);
+                let r = Response::check(sense, false);
+                self.release(Some(t));
+                self.send_response(itt, lun, r, edtl, read, None);
             }
-            r.next_data_sn += 1;
-            r.received += len;
-            let (o, e) = (offset as usize, (offset + len) as usize);
-            task.data[o..e].copy_from_slice(&pdu.data);
-            task.received += len;
-            if r.received >= r.len || final_bit {
-                let done = task.r2ts.remove(i);
-                self.ttts.remove(&done.ttt);
-            }
+            return;
         }
         self.progress(itt);
     }
@@ -624,9 +631,9 @@ impl Session {
         let Some(t) = self.tasks.remove(&itt) else {
             return;
         };
-        let (lun, edtl, read, under) = (t.lun, t.edtl, t.read, t.underflow);
+        let (lun, edtl, read, res) = (t.lun, t.edtl, t.read, t.residual);
         self.release(Some(t));
-        self.send_response(itt, lun, resp, edtl, read, under.map(|u| (flags::UNDERFLOW, u)));
+        self.send_response(itt, lun, resp, edtl, read, res);
         // Freed budget may let other tasks' R2Ts go out.
         let waiting: Vec<u32> = self
             .tasks

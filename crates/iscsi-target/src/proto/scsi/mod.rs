@@ -30,7 +30,9 @@ pub const MAX_CAW_BLOCKS: u8 = 128;
 /// Most UNMAP block descriptors in one command.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Most blocks one UNMAP or WRITE SAME may cover.
-pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
+/// Most blocks one WRITE SAME may cover.
+pub const MAX_WRITE_SAME_BLOCKS: u32 = 0xffff;
 
 /// Mutable per-LU state shared by every session of the LU.
 #[derive(Debug)]
@@ -137,9 +139,10 @@ fn truncated(mut data: Vec<u8>, alloc: usize) -> Vec<u8> {
     data
 }
 
-/// Bytes of Data-Out a write-type CDB implies, for residual handling in the
-/// transport (None: not a block-write command, or the CDB cannot be decoded).
-pub fn data_out_len(cdb: &[u8; 16], block_size: u32) -> Option<u64> {
+/// Bytes of Data-Out a block-writing CDB implies, and whether any other
+/// amount is an error (true) or just a residual (false), for the transport's
+/// residual handling. None: not such a command, or undecodable.
+pub fn data_out_len(cdb: &[u8; 16], block_size: u32) -> Option<(u64, bool)> {
     let bs = block_size as u64;
     match cdb[0] {
         op::WRITE_6
@@ -148,9 +151,37 @@ pub fn data_out_len(cdb: &[u8; 16], block_size: u32) -> Option<u64> {
         | op::WRITE_16
         | op::WRITE_VERIFY_10
         | op::WRITE_VERIFY_12
-        | op::WRITE_VERIFY_16 => RwCdb::parse(cdb).ok().map(|r| r.blocks as u64 * bs),
-        op::COMPARE_AND_WRITE => Some(2 * cdb[13] as u64 * bs),
+        | op::WRITE_VERIFY_16 => RwCdb::parse(cdb).ok().map(|r| (r.blocks as u64 * bs, false)),
+        op::COMPARE_AND_WRITE => Some((2 * cdb[13] as u64 * bs, true)),
+        op::WRITE_SAME_10 => Some((bs, true)),
+        // NDOB: no Data-Out at all.
+        op::WRITE_SAME_16 => Some((if cdb[1] & 1 != 0 { 0 } else { bs }, true)),
         _ => None,
+    }
+}
+
+/// Rewrites the TRANSFER LENGTH of a WRITE/WRITE AND VERIFY CDB to `blocks`
+/// (no more than it had). False when the form cannot express it (WRITE(6)
+/// reads 0 as 256).
+pub fn truncate_transfer(cdb: &mut [u8; 16], blocks: u64) -> bool {
+    match cdb[0] {
+        op::WRITE_6 if blocks > 0 && blocks < 256 => {
+            cdb[4] = blocks as u8;
+            true
+        }
+        op::WRITE_10 | op::WRITE_VERIFY_10 => {
+            cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes());
+            true
+        }
+        op::WRITE_12 | op::WRITE_VERIFY_12 => {
+            cdb[6..10].copy_from_slice(&(blocks as u32).to_be_bytes());
+            true
+        }
+        op::WRITE_16 | op::WRITE_VERIFY_16 => {
+            cdb[10..14].copy_from_slice(&(blocks as u32).to_be_bytes());
+            true
+        }
+        _ => false,
     }
 }
 
@@ -519,7 +550,7 @@ impl Exec<'_> {
                 b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
                 // OPTIMAL UNMAP GRANULARITY: 4 KiB (hole punching granularity).
                 b[24..28].copy_from_slice(&((4096 / bs).max(1) as u32).to_be_bytes());
-                b[36..44].copy_from_slice(&(MAX_UNMAP_BLOCKS as u64).to_be_bytes());
+                b[32..40].copy_from_slice(&(MAX_WRITE_SAME_BLOCKS as u64).to_be_bytes());
                 b
             }
             0xb1 => {
@@ -588,8 +619,8 @@ impl Exec<'_> {
         let mut d = vec![0u8; 32];
         d[0..8].copy_from_slice(&self.blocks().saturating_sub(1).to_be_bytes());
         d[8..12].copy_from_slice(&(self.bs() as u32).to_be_bytes());
-        // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: 4 KiB pages.
-        d[13] = (4096 / self.bs()).max(1).trailing_zeros() as u8;
+        // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT stays 0: the image has
+        // no physical blocks, and holes are tracked per logical block.
         // LBPME (thin provisioning, UNMAP works), LBPRZ (unmapped reads zero).
         d[14] = 0x80 | 0x40;
         Ok(Response::good(truncated(d, alloc)))
@@ -793,7 +824,7 @@ impl Exec<'_> {
             // WSNZ is set in VPD B0h.
             return Err(Sense::invalid_cdb_at(if ten { 7 } else { 10 }, None));
         }
-        if blocks > MAX_UNMAP_BLOCKS as u64 {
+        if blocks > MAX_WRITE_SAME_BLOCKS as u64 {
             return Err(Sense::invalid_cdb_at(if ten { 7 } else { 10 }, None));
         }
         self.check_writable()?;
