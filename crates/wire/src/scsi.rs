@@ -36,6 +36,8 @@ pub mod op {
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
+    pub const ORWRITE_16: u8 = 0x8b;
+    pub const WRITE_ATOMIC_16: u8 = 0x9c;
     pub const WRITE_16: u8 = 0x8a;
     pub const WRITE_VERIFY_16: u8 = 0x8e;
     pub const VERIFY_16: u8 = 0x8f;

@@ -9,7 +9,7 @@
 pub mod pr;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyboot_images::{Allocation, BlockDevice};
 use anyboot_wire::scsi::{asc, op, sa, status, RwCdb, Sense, SenseKey};
@@ -31,6 +31,8 @@ pub const MAX_CAW_BLOCKS: u8 = 128;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 /// Most blocks one UNMAP or WRITE SAME may cover.
 pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
+/// Largest WRITE ATOMIC, in blocks.
+pub const MAX_ATOMIC_BLOCKS: u32 = 256;
 /// Most blocks one WRITE SAME may cover.
 pub const MAX_WRITE_SAME_BLOCKS: u32 = 0xffff;
 
@@ -63,8 +65,9 @@ pub struct LuShared {
     /// Stable number for the NAA designator and serial (from target IQN + LUN).
     pub id: u64,
     pub state: Mutex<LuState>,
-    /// Serialises COMPARE AND WRITE (its read-compare-write must be atomic).
-    pub caw: Mutex<()>,
+    /// Media access: plain reads and writes share it; COMPARE AND WRITE,
+    /// ORWRITE and WRITE ATOMIC take it alone, so no command sees them half done.
+    pub io: RwLock<()>,
 }
 
 /// A logical unit as one session sees it.
@@ -153,6 +156,8 @@ pub fn data_out_len(cdb: &[u8; 16], block_size: u32) -> Option<(u64, bool)> {
         | op::WRITE_VERIFY_12
         | op::WRITE_VERIFY_16 => RwCdb::parse(cdb).ok().map(|r| (r.blocks as u64 * bs, false)),
         op::COMPARE_AND_WRITE => Some((2 * cdb[13] as u64 * bs, true)),
+        op::ORWRITE_16 => RwCdb::parse(cdb).ok().map(|r| (r.blocks as u64 * bs, true)),
+        op::WRITE_ATOMIC_16 => Some((u16::from_be_bytes([cdb[12], cdb[13]]) as u64 * bs, true)),
         op::WRITE_SAME_10 => Some((bs, true)),
         // NDOB: no Data-Out at all.
         op::WRITE_SAME_16 => Some((if cdb[1] & 1 != 0 { 0 } else { bs }, true)),
@@ -354,6 +359,22 @@ impl Exec<'_> {
         }
     }
 
+    /// Shared media access (plain reads and writes).
+    fn shared_io(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        match self.lu.shared.io.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Exclusive media access (read-modify-write commands).
+    fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        match self.lu.shared.io.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     fn check_range(&self, lba: u64, blocks: u64) -> Result<(), Sense> {
         match lba.checked_add(blocks) {
             Some(end) if end <= self.blocks() => Ok(()),
@@ -409,6 +430,8 @@ impl Exec<'_> {
             | op::WRITE_VERIFY_12
             | op::WRITE_VERIFY_16 => self.write(),
             op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => self.verify(),
+            op::ORWRITE_16 => self.orwrite(),
+            op::WRITE_ATOMIC_16 => self.write_atomic(),
             op::PREFETCH_10 | op::PREFETCH_16 => {
                 let (lba, blocks) = if c[0] == op::PREFETCH_10 {
                     (be32(&c[2..6]) as u64, be16(&c[7..9]) as u64)
@@ -537,8 +560,8 @@ impl Exec<'_> {
             0x83 => self.designators(),
             0xb0 => {
                 let mut b = vec![0u8; 0x3c];
-                // WSNZ: a WRITE SAME of zero blocks is refused (no "to the end").
-                b[0] = 0x01;
+                // WSNZ stays 0: a WRITE SAME of zero blocks runs to the end
+                // of the medium (if that is within MAXIMUM WRITE SAME LENGTH).
                 b[1] = MAX_CAW_BLOCKS;
                 let bs = self.bs();
                 // OPTIMAL TRANSFER LENGTH GRANULARITY: 4 KiB.
@@ -551,6 +574,8 @@ impl Exec<'_> {
                 // OPTIMAL UNMAP GRANULARITY: 4 KiB (hole punching granularity).
                 b[24..28].copy_from_slice(&((4096 / bs).max(1) as u32).to_be_bytes());
                 b[32..40].copy_from_slice(&(MAX_WRITE_SAME_BLOCKS as u64).to_be_bytes());
+                // MAXIMUM ATOMIC TRANSFER LENGTH; alignment and granularity 0.
+                b[40..44].copy_from_slice(&MAX_ATOMIC_BLOCKS.to_be_bytes());
                 b
             }
             0xb1 => {
@@ -689,6 +714,7 @@ impl Exec<'_> {
             return Err(Sense::invalid_cdb());
         }
         let mut buf = vec![0u8; len as usize];
+        let _io = self.shared_io();
         self.dev()
             .read_at(&mut buf, r.lba * self.bs())
             .map_err(|e| io_sense(e, false))?;
@@ -713,8 +739,75 @@ impl Exec<'_> {
             .ok_or(Sense::new(SenseKey::IllegalRequest, (0x0e, 0x03)))?;
         // FUA, or a disabled write cache, makes the write durable before GOOD.
         let fua = r.fua || !self.state().wce;
+        let _io = self.shared_io();
         self.dev()
             .write_at(data, r.lba * self.bs(), fua)
+            .map_err(|e| io_sense(e, true))?;
+        Ok(Response::good(Vec::new()))
+    }
+
+    /// ORWRITE(16) (SBC-3 5.9): medium := medium OR data, atomically.
+    fn orwrite(&self) -> R {
+        let r = self.rw()?;
+        if r.protect != 0 {
+            return Err(Sense::invalid_cdb_at(1, Some(7)));
+        }
+        self.check_range(r.lba, r.blocks as u64)?;
+        if r.blocks == 0 {
+            return Ok(Response::good(Vec::new()));
+        }
+        self.check_writable()?;
+        let len = r.blocks as usize * self.bs() as usize;
+        if len as u64 > MAX_TRANSFER_BYTES {
+            return Err(Sense::invalid_cdb());
+        }
+        let data = self
+            .data_out
+            .get(..len)
+            .ok_or(Sense::new(SenseKey::IllegalRequest, (0x0e, 0x03)))?;
+        let _excl = self.exclusive();
+        let mut buf = vec![0u8; len];
+        self.dev()
+            .read_at(&mut buf, r.lba * self.bs())
+            .map_err(|e| io_sense(e, false))?;
+        buf.iter_mut().zip(data).for_each(|(m, d)| *m |= d);
+        let fua = r.fua || !self.state().wce;
+        self.dev()
+            .write_at(&buf, r.lba * self.bs(), fua)
+            .map_err(|e| io_sense(e, true))?;
+        Ok(Response::good(Vec::new()))
+    }
+
+    /// WRITE ATOMIC(16) (SBC-4 5.48): a write no other command sees half done.
+    fn write_atomic(&self) -> R {
+        let c = self.cdb;
+        if c[1] >> 5 != 0 {
+            return Err(Sense::invalid_cdb_at(1, Some(7)));
+        }
+        let lba = be64(&c[2..10]);
+        let boundary = be16(&c[10..12]);
+        let blocks = be16(&c[12..14]) as u64;
+        if boundary != 0 {
+            // MAXIMUM ATOMIC BOUNDARY SIZE is 0.
+            return Err(Sense::invalid_cdb_at(10, None));
+        }
+        self.check_range(lba, blocks)?;
+        if blocks > MAX_ATOMIC_BLOCKS as u64 {
+            return Err(Sense::invalid_cdb_at(12, None));
+        }
+        self.check_writable()?;
+        if blocks == 0 {
+            return Ok(Response::good(Vec::new()));
+        }
+        let len = (blocks * self.bs()) as usize;
+        let data = self
+            .data_out
+            .get(..len)
+            .ok_or(Sense::new(SenseKey::IllegalRequest, (0x0e, 0x03)))?;
+        let fua = c[1] & 0x08 != 0 || !self.state().wce;
+        let _excl = self.exclusive();
+        self.dev()
+            .write_at(data, lba * self.bs(), fua)
             .map_err(|e| io_sense(e, true))?;
         Ok(Response::good(Vec::new()))
     }
@@ -747,6 +840,7 @@ impl Exec<'_> {
             _ => return Err(Sense::invalid_cdb_at(1, Some(2))),
         };
         let mut buf = vec![0u8; len];
+        let _io = self.shared_io();
         self.dev()
             .read_at(&mut buf, r.lba * self.bs())
             .map_err(|e| io_sense(e, false))?;
@@ -779,7 +873,7 @@ impl Exec<'_> {
             .get(..2 * len)
             .ok_or(Sense::new(SenseKey::IllegalRequest, (0x0e, 0x03)))?;
         let (verify, write) = data.split_at(len);
-        let _guard = self.lu.shared.caw.lock();
+        let _excl = self.exclusive();
         let mut buf = vec![0u8; len];
         self.dev()
             .read_at(&mut buf, lba * self.bs())
@@ -820,10 +914,12 @@ impl Exec<'_> {
             return Err(Sense::invalid_cdb_at(1, Some(2)));
         }
         self.check_range(lba, blocks)?;
-        if blocks == 0 {
-            // WSNZ is set in VPD B0h.
-            return Err(Sense::invalid_cdb_at(if ten { 7 } else { 10 }, None));
-        }
+        // Zero blocks: to the end of the medium (WSNZ is 0 in VPD B0h).
+        let blocks = if blocks == 0 {
+            self.blocks().saturating_sub(lba)
+        } else {
+            blocks
+        };
         if blocks > MAX_WRITE_SAME_BLOCKS as u64 {
             return Err(Sense::invalid_cdb_at(if ten { 7 } else { 10 }, None));
         }
@@ -840,7 +936,10 @@ impl Exec<'_> {
         let off = lba * bs as u64;
         let len = blocks * bs as u64;
         let dev = self.dev();
-        if block.iter().all(|&b| b == 0) {
+        let _io = self.shared_io();
+        // UNMAP set: the blocks are deallocated whatever the data says; with
+        // LBPRZ they then read as zeroes (SBC-3 5.42, 4.7.3.4).
+        if unmap || block.iter().all(|&b| b == 0) {
             dev.write_zeroes(off, len, unmap)
                 .map_err(|e| io_sense(e, true))?;
         } else {
@@ -894,6 +993,7 @@ impl Exec<'_> {
             ranges.push((lba, blocks));
         }
         let bs = self.bs();
+        let _io = self.shared_io();
         for (lba, blocks) in ranges {
             if blocks > 0 {
                 self.dev()
@@ -1197,6 +1297,8 @@ const SUPPORTED: &[(u8, Option<u16>, usize)] = &[
     (op::PERSISTENT_RESERVE_OUT, Some(6), 10),
     (op::READ_16, None, 16),
     (op::COMPARE_AND_WRITE, None, 16),
+    (op::ORWRITE_16, None, 16),
+    (op::WRITE_ATOMIC_16, None, 16),
     (op::WRITE_16, None, 16),
     (op::WRITE_VERIFY_16, None, 16),
     (op::VERIFY_16, None, 16),
