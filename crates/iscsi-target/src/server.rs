@@ -24,6 +24,7 @@ use crate::proto::login::{Login, SessionKind, Step, TargetAuth};
 use crate::proto::scsi::{self, Lu, LuShared};
 use crate::proto::session::{Event, Session, Setup};
 use crate::proto::{Framer, Pdu};
+use anyboot_wire::scsi::asc;
 use crate::Error;
 
 /// How long in-flight connections get to finish after shutdown starts.
@@ -402,6 +403,11 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
         .map(|t| (t.iqn.clone(), portal.clone()))
         .collect();
     let luns_list: Vec<u16> = lus.iter().map(|l| l.lun).collect();
+    for l in &lus {
+        if let Ok(mut st) = l.shared.state.lock() {
+            st.nexus_joined(&nexus);
+        }
+    }
     let mut session = Session::new(Setup {
         kind: est.kind.clone(),
         params: est.params,
@@ -470,12 +476,12 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
                 Event::Close => closing = true,
                 Event::LunReset(lun) => {
                     if let Some(l) = lus.iter().find(|l| l.lun == lun) {
-                        reset_lu(&l.shared);
+                        reset_lu(&l.shared, asc::BUS_DEVICE_RESET);
                     }
                 }
                 Event::TargetReset => {
                     for l in lus.iter() {
-                        reset_lu(&l.shared);
+                        reset_lu(&l.shared, asc::POWER_ON_RESET);
                     }
                 }
             }
@@ -508,8 +514,7 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
     // I_T nexus loss: SPC-2 reservations and PREVENT state end.
     for l in lus.iter() {
         if let Ok(mut st) = l.shared.state.lock() {
-            st.reservations.nexus_lost(&nexus);
-            st.prevent.remove(&nexus);
+            st.nexus_lost(&nexus);
         }
     }
     if let Ok(mut live) = shared.live.lock() {
@@ -521,9 +526,8 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
     result
 }
 
-fn reset_lu(s: &LuShared) {
+fn reset_lu(s: &LuShared, what: (u8, u8)) {
     if let Ok(mut st) = s.state.lock() {
-        st.reservations.reset();
-        st.prevent.clear();
+        st.reset(what);
     }
 }

@@ -135,6 +135,7 @@ pub mod asc {
     pub const INVALID_RELEASE_OF_PR: (u8, u8) = (0x26, 0x04);
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
     pub const POWER_ON_RESET: (u8, u8) = (0x29, 0x00);
+    pub const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);
     pub const PARAMETERS_CHANGED: (u8, u8) = (0x2a, 0x01);
     pub const RESERVATIONS_PREEMPTED: (u8, u8) = (0x2a, 0x03);
     pub const RESERVATIONS_RELEASED: (u8, u8) = (0x2a, 0x04);

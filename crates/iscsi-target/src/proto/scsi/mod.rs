@@ -8,7 +8,7 @@
 
 pub mod pr;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyboot_images::{Allocation, BlockDevice};
@@ -46,6 +46,43 @@ pub struct LuState {
     pub d_sense: bool,
     /// Nexuses that sent PREVENT ALLOW MEDIUM REMOVAL with PREVENT set.
     pub prevent: HashSet<pr::Nexus>,
+    /// Logged-in nexuses with their session count (a re-login of a nexus
+    /// overlaps the end of its old session), for unit attentions.
+    pub nexuses: HashMap<pr::Nexus, u32>,
+    /// Pending unit attention (ASC, ASCQ) per nexus (SAM-5 5.14).
+    pub unit_attention: HashMap<pr::Nexus, (u8, u8)>,
+}
+
+impl LuState {
+    /// A reset of the LU (LOGICAL UNIT RESET, target reset): SPC-2
+    /// reservations and PREVENT state end, and every nexus, the resetting one
+    /// included, gets a unit attention (as Linux LIO does; multipath
+    /// initiators rely on seeing it on every path).
+    pub fn reset(&mut self, what: (u8, u8)) {
+        self.reservations.reset();
+        self.prevent.clear();
+        for n in self.nexuses.keys() {
+            self.unit_attention.insert(n.clone(), what);
+        }
+    }
+
+    /// A session of nexus `n` starts.
+    pub fn nexus_joined(&mut self, n: &str) {
+        *self.nexuses.entry(n.to_owned()).or_insert(0) += 1;
+    }
+
+    /// The nexus logged out or lost its connection.
+    pub fn nexus_lost(&mut self, n: &str) {
+        self.reservations.nexus_lost(n);
+        self.prevent.remove(n);
+        if let Some(c) = self.nexuses.get_mut(n) {
+            *c -= 1;
+            if *c == 0 {
+                self.nexuses.remove(n);
+                self.unit_attention.remove(n);
+            }
+        }
+    }
 }
 
 impl Default for LuState {
@@ -55,6 +92,8 @@ impl Default for LuState {
             wce: true,
             d_sense: false,
             prevent: HashSet::new(),
+            nexuses: HashMap::new(),
+            unit_attention: HashMap::new(),
         }
     }
 }
@@ -233,6 +272,28 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
         return no_lun(ctx, cdb);
     };
     let d_sense = lu.shared.state.lock().map(|s| s.d_sense).unwrap_or(false);
+    // A pending unit attention is reported once, by the next command other
+    // than INQUIRY and REPORT LUNS (SAM-5 5.14, SPC-4 5.12).
+    if cdb[0] != op::INQUIRY && cdb[0] != op::REPORT_LUNS {
+        let ua = lu
+            .shared
+            .state
+            .lock()
+            .ok()
+            .and_then(|mut s| s.unit_attention.remove(ctx.nexus));
+        if let Some(code) = ua {
+            let sense = Sense::new(SenseKey::UnitAttention, code);
+            if cdb[0] == op::REQUEST_SENSE {
+                let d = if cdb[1] & 1 != 0 {
+                    sense.descriptor()
+                } else {
+                    sense.fixed().to_vec()
+                };
+                return Response::good(truncated(d, cdb[4] as usize));
+            }
+            return Response::check(sense, d_sense);
+        }
+    }
     // Reservation conflicts come before anything else (SPC-4 5.7.1).
     if cdb[0] != op::PERSISTENT_RESERVE_OUT && cdb[0] != op::PERSISTENT_RESERVE_IN {
         let (access, spc2_exempt) = access_of(cdb);
