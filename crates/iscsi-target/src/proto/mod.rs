@@ -178,7 +178,7 @@ mod tests {
             max_data: 8,
         };
         let mut w = wire(&sample(4), true, true);
-        w[60] ^= 1; // a data byte
+        w[53] ^= 1; // a data byte
         assert_eq!(f.decode(&mut BytesMut::from(&w[..])), Err(FrameError::DataDigest));
         let mut w = wire(&sample(4), true, true);
         w[3] ^= 1;

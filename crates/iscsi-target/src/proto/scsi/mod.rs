@@ -925,6 +925,10 @@ impl Exec<'_> {
         }
         self.check_range(lba, n as u64)?;
         if n == 0 {
+            // Nothing to compare; Data-Out for zero blocks contradicts the CDB.
+            if !self.data_out.is_empty() {
+                return Err(Sense::invalid_cdb_at(13, None));
+            }
             return Ok(Response::good(Vec::new()));
         }
         self.check_writable()?;
