@@ -39,7 +39,11 @@ fn start_flags(extra: &[&str]) -> Target {
         .args(["--target", IQN, "--lun"])
         .arg(format!("0={}", img.display()))
         .args(extra);
-    let daemon = Daemon::spawn("anyboot-iscsi-target", &mut cmd, &dir.path().join("target.log"));
+    let daemon = Daemon::spawn(
+        "anyboot-iscsi-target",
+        &mut cmd,
+        &dir.path().join("target.log"),
+    );
     wait_for_tcp(addr, Duration::from_secs(10));
     Target { daemon, addr, dir }
 }
@@ -59,13 +63,19 @@ fn start_config(body: &str, files: &[(&str, u64)]) -> Target {
     );
     let cfg = dir.path().join("site.toml");
     std::fs::write(&cfg, text).unwrap();
-    run_ok(Command::new(bin("anyboot-iscsi-target"))
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&cfg));
+    run_ok(
+        Command::new(bin("anyboot-iscsi-target"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&cfg),
+    );
     let mut cmd = Command::new(bin("anyboot-iscsi-target"));
     cmd.arg("--config").arg(&cfg);
-    let daemon = Daemon::spawn("anyboot-iscsi-target", &mut cmd, &dir.path().join("target.log"));
+    let daemon = Daemon::spawn(
+        "anyboot-iscsi-target",
+        &mut cmd,
+        &dir.path().join("target.log"),
+    );
     wait_for_tcp(addr, Duration::from_secs(10));
     Target { daemon, addr, dir }
 }
@@ -81,20 +91,47 @@ fn libiscsi_tools_discover_inquire_and_size_the_lun() {
     let rc16 = require("iscsi-readcapacity16", "libiscsi-bin");
     let t = start_flags(&[]);
 
-    let out = run_ok(Command::new(&ls).arg("-s").arg(format!("iscsi://{}", t.addr)));
-    assert!(out.contains(&format!("Target:{IQN} Portal:{},1", t.addr)), "{out}");
-    assert!(out.contains("Lun:0") && out.contains("DIRECT_ACCESS"), "{out}");
+    let out = run_ok(
+        Command::new(&ls)
+            .arg("-s")
+            .arg(format!("iscsi://{}", t.addr)),
+    );
+    assert!(
+        out.contains(&format!("Target:{IQN} Portal:{},1", t.addr)),
+        "{out}"
+    );
+    assert!(
+        out.contains("Lun:0") && out.contains("DIRECT_ACCESS"),
+        "{out}"
+    );
 
     let out = run_ok(Command::new(&inq).arg(url(t.addr, "", IQN, 0)));
     assert!(out.contains("Vendor:ANYBOOT"), "{out}");
-    assert!(out.contains("Peripheral Device Type:DIRECT_ACCESS"), "{out}");
+    assert!(
+        out.contains("Peripheral Device Type:DIRECT_ACCESS"),
+        "{out}"
+    );
     // VPD pages: the supported list and the device identification designators.
-    let out = run_ok(Command::new(&inq).args(["-e", "1", "-c", "0"]).arg(url(t.addr, "", IQN, 0)));
+    let out = run_ok(
+        Command::new(&inq)
+            .args(["-e", "1", "-c", "0"])
+            .arg(url(t.addr, "", IQN, 0)),
+    );
     for page in ["0x80", "0x83", "0xb0", "0xb1", "0xb2"] {
-        assert!(out.contains(&format!("Page:{page}")), "VPD {page} missing: {out}");
+        assert!(
+            out.contains(&format!("Page:{page}")),
+            "VPD {page} missing: {out}"
+        );
     }
-    let out = run_ok(Command::new(&inq).args(["-e", "1", "-c", "131"]).arg(url(t.addr, "", IQN, 0)));
-    assert!(out.contains("T10_VENDORT_ID") && out.contains("SCSI_NAME_STRING"), "{out}");
+    let out = run_ok(
+        Command::new(&inq)
+            .args(["-e", "1", "-c", "131"])
+            .arg(url(t.addr, "", IQN, 0)),
+    );
+    assert!(
+        out.contains("T10_VENDORT_ID") && out.contains("SCSI_NAME_STRING"),
+        "{out}"
+    );
     assert!(out.contains(&format!("Designator:[{IQN}]")), "{out}");
 
     let out = run_ok(Command::new(&rc16).arg(url(t.addr, "", IQN, 0)));
@@ -104,8 +141,12 @@ fn libiscsi_tools_discover_inquire_and_size_the_lun() {
 
     // A LUN that does not exist: INQUIRY says "not connected".
     let out = run(Command::new(&inq).arg(url(t.addr, "", IQN, 7)));
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() || text.contains("NOT_CONNECTED") || text.contains("0x03"), "{text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() || text.contains("NOT_CONNECTED") || text.contains("0x03"),
+        "{text}"
+    );
     t.daemon.stop();
 }
 
@@ -150,7 +191,10 @@ path = "@DIR@/lun1.raw"
         "{}?target_user=target&target_password=not-the-secret",
         url(t.addr, "alice%alice-secret-123@", IQN, 0)
     )));
-    assert!(!bad_mutual.status.success(), "initiator accepted a wrong mutual response");
+    assert!(
+        !bad_mutual.status.success(),
+        "initiator accepted a wrong mutual response"
+    );
     // Wrong secret, wrong user, no credentials at all.
     for cred in ["alice%wrong-secret-999@", "mallory%alice-secret-123@", ""] {
         let out = run(Command::new(&inq).arg(url(t.addr, cred, IQN, 0)));
@@ -191,22 +235,34 @@ read_only = true
         ),
         &[("a.raw", 8 << 20), ("b.raw", 8 << 20)],
     );
-    let out = run_ok(Command::new(&ls)
-        .args(["-i", "iqn.2026-11.org.example:pc1"])
-        .arg(format!("iscsi://{}", t.addr)));
+    let out = run_ok(
+        Command::new(&ls)
+            .args(["-i", "iqn.2026-11.org.example:pc1"])
+            .arg(format!("iscsi://{}", t.addr)),
+    );
     assert!(out.contains(&format!("{IQN}-pc1")), "{out}");
-    assert!(!out.contains(&format!("{IQN}-pc2")), "pc1 sees pc2's target: {out}");
-    run_ok(Command::new(&inq)
-        .args(["-i", "iqn.2026-11.org.example:pc1"])
-        .arg(url(t.addr, "", &format!("{IQN}-pc1"), 0)));
+    assert!(
+        !out.contains(&format!("{IQN}-pc2")),
+        "pc1 sees pc2's target: {out}"
+    );
+    run_ok(
+        Command::new(&inq)
+            .args(["-i", "iqn.2026-11.org.example:pc1"])
+            .arg(url(t.addr, "", &format!("{IQN}-pc1"), 0)),
+    );
     let denied = run(Command::new(&inq)
         .args(["-i", "iqn.2026-11.org.example:pc1"])
         .arg(url(t.addr, "", &format!("{IQN}-pc2"), 0)));
     assert!(!denied.status.success(), "pc1 logged in to pc2's target");
-    let out = run_ok(Command::new(&ls)
-        .args(["-i", "iqn.2026-11.org.example:nobody"])
-        .arg(format!("iscsi://{}", t.addr)));
-    assert!(!out.contains("Target:"), "an unknown initiator sees targets: {out}");
+    let out = run_ok(
+        Command::new(&ls)
+            .args(["-i", "iqn.2026-11.org.example:nobody"])
+            .arg(format!("iscsi://{}", t.addr)),
+    );
+    assert!(
+        !out.contains("Target:"),
+        "an unknown initiator sees targets: {out}"
+    );
     t.daemon.stop();
 }
 
@@ -222,15 +278,36 @@ fn qemu_img_and_qemu_io_move_real_data_with_digests() {
 
     // A source image with a pattern, copied onto the LUN and compared back.
     let src = t.dir.path().join("src.raw");
-    run_ok(Command::new(&qemu_img).args(["create", "-f", "raw"]).arg(&src).arg("64M"));
-    run_ok(Command::new(&qemu_io)
-        .args(["-f", "raw", "-c", "write -P 0x5a 0 3M", "-c", "write -P 0xc3 40M 5M"])
-        .arg(&src));
-    run_ok(Command::new(&qemu_img)
-        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
-        .arg(&src)
-        .arg(&u));
-    let cmp = run_ok(Command::new(&qemu_img).args(["compare", "-f", "raw", "-F", "raw"]).arg(&src).arg(&u));
+    run_ok(
+        Command::new(&qemu_img)
+            .args(["create", "-f", "raw"])
+            .arg(&src)
+            .arg("64M"),
+    );
+    run_ok(
+        Command::new(&qemu_io)
+            .args([
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0x5a 0 3M",
+                "-c",
+                "write -P 0xc3 40M 5M",
+            ])
+            .arg(&src),
+    );
+    run_ok(
+        Command::new(&qemu_img)
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(&u),
+    );
+    let cmp = run_ok(
+        Command::new(&qemu_img)
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&src)
+            .arg(&u),
+    );
     assert!(cmp.contains("identical"), "{cmp}");
 
     // Unaligned I/O through qemu-io, with CRC32C header digests negotiated.
@@ -251,8 +328,14 @@ fn qemu_img_and_qemu_io_move_real_data_with_digests() {
         &dig,
     ]));
     assert!(!out.contains("Pattern verification failed"), "{out}");
-    assert!(out.contains("read 1048576/1048576 bytes at offset 8388608"), "{out}");
-    assert!(t.daemon.log().contains("header_digest: true"), "digests were not negotiated");
+    assert!(
+        out.contains("read 1048576/1048576 bytes at offset 8388608"),
+        "{out}"
+    );
+    assert!(
+        t.daemon.log().contains("header_digest: true"),
+        "digests were not negotiated"
+    );
     // The bytes really are in the image file.
     let img = std::fs::read(t.dir.path().join("lun0.raw")).unwrap();
     assert!(img[1000..71000].iter().all(|&b| b == 0x11));
@@ -311,11 +394,17 @@ fn cu_table(res: &BTreeMap<(String, String), Outcome>) -> (String, [usize; 3]) {
         fam.entry(s).or_default()[i] += 1;
         tot[i] += 1;
     }
-    let mut t = format!("{:<28} {:>6} {:>6} {:>6}\n", "family", "pass", "fail", "skip");
+    let mut t = format!(
+        "{:<28} {:>6} {:>6} {:>6}\n",
+        "family", "pass", "fail", "skip"
+    );
     for (f, c) in fam {
         t += &format!("{f:<28} {:>6} {:>6} {:>6}\n", c[0], c[1], c[2]);
     }
-    t += &format!("{:<28} {:>6} {:>6} {:>6}\n", "TOTAL", tot[0], tot[1], tot[2]);
+    t += &format!(
+        "{:<28} {:>6} {:>6} {:>6}\n",
+        "TOTAL", tot[0], tot[1], tot[2]
+    );
     (t, tot)
 }
 
@@ -327,15 +416,23 @@ fn libiscsi_conformance_suite_all() {
     let t = start_flags(&[]);
     let u = url(t.addr, "", IQN, 0);
     let out = run(Command::new(&cu).args(["-d", "-v", "-t", "ALL", &u, &u]));
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     std::fs::write(t.dir.path().join("iscsi-test-cu.txt"), &text).unwrap();
     let res = parse_cu(&text);
     let (table, [pass, fail, skip]) = cu_table(&res);
     println!("iscsi-test-cu -t ALL against anyboot-iscsi-target:\n{table}");
     assert_eq!(res.len(), 230, "expected the 230 tests of -t ALL:\n{text}");
-    let failed: Vec<_> = res.iter().filter(|(_, o)| **o == Outcome::Failed).map(|(k, _)| k).collect();
+    let failed: Vec<_> = res
+        .iter()
+        .filter(|(_, o)| **o == Outcome::Failed)
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(fail, 0, "failed tests: {failed:?}\n{table}");
-    assert!(pass >= MIN_CU_PASSES, "only {pass} passes ({skip} skipped):\n{table}");
+    assert!(
+        pass >= MIN_CU_PASSES,
+        "only {pass} passes ({skip} skipped):\n{table}"
+    );
     t.daemon.stop();
 }
 

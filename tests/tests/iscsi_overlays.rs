@@ -47,8 +47,15 @@ disk = "{mode}"
     .unwrap();
     let mut cmd = Command::new(bin("anyboot-iscsi-target"));
     cmd.arg("--config").arg(&cfg);
-    let d = Daemon::spawn("anyboot-iscsi-target", &mut cmd, &dir.join(format!("target-{mode}.log")));
-    wait_for_tcp(format!("127.0.0.1:{port}").parse::<SocketAddr>().unwrap(), Duration::from_secs(10));
+    let d = Daemon::spawn(
+        "anyboot-iscsi-target",
+        &mut cmd,
+        &dir.join(format!("target-{mode}.log")),
+    );
+    wait_for_tcp(
+        format!("127.0.0.1:{port}").parse::<SocketAddr>().unwrap(),
+        Duration::from_secs(10),
+    );
     d
 }
 

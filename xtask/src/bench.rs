@@ -17,8 +17,21 @@ pub fn run(names: Vec<String>) -> Result<()> {
         match name.as_str() {
             "images" => run_cmd(cargo().args(["bench", "-p", "anyboot-images"]))?,
             "iscsi" => {
-                run_cmd(cargo().args(["build", "--release", "-p", "anyboot-iscsi-target", "--bins"]))?;
-                run_cmd(cargo().args(["run", "--release", "-p", "anyboot-benches", "--bin", "iscsi"]))?
+                run_cmd(cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "anyboot-iscsi-target",
+                    "--bins",
+                ]))?;
+                run_cmd(cargo().args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "anyboot-benches",
+                    "--bin",
+                    "iscsi",
+                ]))?
             }
             other => bail!("no benchmark named `{other}` (have: {})", ALL.join(", ")),
         }

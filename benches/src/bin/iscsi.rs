@@ -25,7 +25,10 @@ fn release_bin(name: &str) -> Result<PathBuf> {
         .unwrap_or_else(|| workspace_root().join("target"));
     let p = target.join("release").join(name);
     if !p.exists() {
-        bail!("{} is not built: `cargo xtask bench iscsi` builds it", p.display());
+        bail!(
+            "{} is not built: `cargo xtask bench iscsi` builds it",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -37,7 +40,8 @@ fn perf(url: &str, args: &[&str]) -> Result<(f64, f64)> {
         .arg(require("iscsi-perf", "libiscsi-bin"))
         .args(args)
         .arg(url));
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     // Progress lines: "... iops average 28463 (111 MB/s), in_flight ...".
     let last = text
         .rsplit("iops average ")
@@ -58,8 +62,15 @@ fn start_ours(img: &Path, dir: &Path) -> Result<(Daemon, SocketAddr)> {
     let port = free_tcp_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let mut cmd = Command::new(release_bin("anyboot-iscsi-target")?);
-    cmd.args(["-q", "--listen", &addr.to_string(), "--target", OURS, "--lun"])
-        .arg(format!("0={}", img.display()));
+    cmd.args([
+        "-q",
+        "--listen",
+        &addr.to_string(),
+        "--target",
+        OURS,
+        "--lun",
+    ])
+    .arg(format!("0={}", img.display()));
     let d = Daemon::spawn("anyboot-iscsi-target", &mut cmd, &dir.join("ours.log"));
     wait_for_tcp(addr, Duration::from_secs(10));
     Ok((d, addr))
@@ -76,7 +87,13 @@ fn start_tgtd(img: &Path, dir: &Path) -> Result<(Daemon, SocketAddr, String)> {
     cmd.args(["-f", "-C", &cport, "--iscsi", &format!("portal={addr}")]);
     let d = Daemon::spawn("tgtd", &mut cmd, &dir.join("tgtd.log"));
     wait_for_tcp(addr, Duration::from_secs(10));
-    let adm = |args: &[&str]| run_ok(Command::new(&tgtadm).args(["-C", &cport, "--lld", "iscsi"]).args(args));
+    let adm = |args: &[&str]| {
+        run_ok(
+            Command::new(&tgtadm)
+                .args(["-C", &cport, "--lld", "iscsi"])
+                .args(args),
+        )
+    };
     adm(&["--mode", "target", "--op", "new", "--tid", "1", "-T", PEER]);
     adm(&[
         "--mode",
@@ -90,7 +107,9 @@ fn start_tgtd(img: &Path, dir: &Path) -> Result<(Daemon, SocketAddr, String)> {
         "-b",
         &img.display().to_string(),
     ]);
-    adm(&["--mode", "target", "--op", "bind", "--tid", "1", "-I", "ALL"]);
+    adm(&[
+        "--mode", "target", "--op", "bind", "--tid", "1", "-I", "ALL",
+    ]);
     Ok((d, addr, cport))
 }
 
@@ -103,7 +122,9 @@ fn main() -> Result<()> {
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&img)?;
-        let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let chunk: Vec<u8> = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         for _ in 0..256 {
             f.write_all(&chunk)?;
         }
@@ -115,10 +136,22 @@ fn main() -> Result<()> {
     let peer_url = format!("iscsi://{peer_addr}/{PEER}/1");
 
     let workloads: &[(&str, &[&str])] = &[
-        ("4 KiB random read, 32 in flight", &["-m", "32", "-b", "8", "-r"]),
-        ("4 KiB random read, 128 in flight", &["-m", "128", "-b", "8", "-r"]),
-        ("128 KiB sequential read, 16 in flight", &["-m", "16", "-b", "256"]),
-        ("1 MiB sequential read, 8 in flight", &["-m", "8", "-b", "2048"]),
+        (
+            "4 KiB random read, 32 in flight",
+            &["-m", "32", "-b", "8", "-r"],
+        ),
+        (
+            "4 KiB random read, 128 in flight",
+            &["-m", "128", "-b", "8", "-r"],
+        ),
+        (
+            "128 KiB sequential read, 16 in flight",
+            &["-m", "16", "-b", "256"],
+        ),
+        (
+            "1 MiB sequential read, 8 in flight",
+            &["-m", "8", "-b", "2048"],
+        ),
     ];
     let mut iops_rows = Vec::new();
     let mut mbs_rows = Vec::new();
@@ -135,24 +168,29 @@ fn main() -> Result<()> {
             values: vec![("anyboot".into(), o.1), ("tgtd".into(), p.1)],
         });
     }
-    print!("{}", table("iSCSI iscsi-perf, RAM-backed LUN (tmpfs), loopback", "IOPS", &iops_rows));
-    print!("{}", table("iSCSI iscsi-perf, RAM-backed LUN (tmpfs), loopback", "MB/s", &mbs_rows));
+    print!(
+        "{}",
+        table(
+            "iSCSI iscsi-perf, RAM-backed LUN (tmpfs), loopback",
+            "IOPS",
+            &iops_rows
+        )
+    );
+    print!(
+        "{}",
+        table(
+            "iSCSI iscsi-perf, RAM-backed LUN (tmpfs), loopback",
+            "MB/s",
+            &mbs_rows
+        )
+    );
     println!(
         "\n{SECS} s per run on a shared 2-core machine (other agents build and test \
          meanwhile): expect noise of tens of percent between runs."
     );
     // tgtd only exits once its targets are gone.
     let _ = run(Command::new(require("tgtadm", "tgt")).args([
-        "-C",
-        &cport,
-        "--lld",
-        "iscsi",
-        "--mode",
-        "target",
-        "--op",
-        "delete",
-        "--force",
-        "--tid",
+        "-C", &cport, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force", "--tid",
         "1",
     ]));
     peer.stop_with(libc_sigterm(), Duration::from_secs(3));
@@ -165,7 +203,10 @@ struct ShmDir(PathBuf);
 
 impl ShmDir {
     fn new() -> Result<Self> {
-        let p = PathBuf::from(format!("/dev/shm/anyboot-bench-iscsi-{}", std::process::id()));
+        let p = PathBuf::from(format!(
+            "/dev/shm/anyboot-bench-iscsi-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(Self(p))
     }

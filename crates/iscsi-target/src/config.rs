@@ -122,13 +122,20 @@ impl Config {
                     return Err(site.error(format!("{lkey}.lun"), "LUNs go from 0 to 16383"));
                 }
                 if luns.iter().any(|x| x.lun == l.lun) {
-                    return Err(site.error(format!("{lkey}.lun"), format!("LUN {} is used twice", l.lun)));
+                    return Err(site.error(
+                        format!("{lkey}.lun"),
+                        format!("LUN {} is used twice", l.lun),
+                    ));
                 }
                 let image: PathBuf = match (&l.image, &l.path) {
-                    (Some(name), None) => site
-                        .image(name)
-                        .map(|im| im.path.clone())
-                        .ok_or_else(|| site.error(format!("{lkey}.image"), format!("no [[image]] is named `{name}`")))?,
+                    (Some(name), None) => {
+                        site.image(name).map(|im| im.path.clone()).ok_or_else(|| {
+                            site.error(
+                                format!("{lkey}.image"),
+                                format!("no [[image]] is named `{name}`"),
+                            )
+                        })?
+                    }
                     (None, Some(p)) => p.clone(),
                     _ => {
                         return Err(site.error(lkey, "give exactly one of `image` and `path`"));
@@ -167,7 +174,8 @@ impl Config {
             discovery_chap,
             max_sessions: sec.max_sessions,
             queue_depth: sec.queue_depth,
-            nop_interval: (sec.nop_interval_secs > 0).then(|| Duration::from_secs(sec.nop_interval_secs)),
+            nop_interval: (sec.nop_interval_secs > 0)
+                .then(|| Duration::from_secs(sec.nop_interval_secs)),
             limits: Limits::default(),
         })
     }
@@ -186,7 +194,10 @@ fn chap(site: &Site, key: &str, c: &IscsiChap) -> Result<ChapCredentials, Config
     // is the most some initiators (open-iscsi) accept.
     let check = |k: &str, s: &str| {
         if s.len() < 12 || s.len() > 255 {
-            Err(site.error(format!("{key}.{k}"), "CHAP secrets must be 12 to 255 bytes long"))
+            Err(site.error(
+                format!("{key}.{k}"),
+                "CHAP secrets must be 12 to 255 bytes long",
+            ))
         } else {
             Ok(())
         }
@@ -208,7 +219,10 @@ fn chap(site: &Site, key: &str, c: &IscsiChap) -> Result<ChapCredentials, Config
         }
         (None, None) => None,
         _ => {
-            return Err(site.error(key, "give both `mutual_user` and `mutual_secret`, or neither"));
+            return Err(site.error(
+                key,
+                "give both `mutual_user` and `mutual_secret`, or neither",
+            ));
         }
     };
     Ok(ChapCredentials {
@@ -266,7 +280,10 @@ mod tests {
         };
         assert_eq!(spec.image, PathBuf::from("/etc/anyboot/img/base.raw"));
         assert_eq!(spec.mode, DiskMode::Persistent);
-        assert_eq!(spec.overlay_dir, PathBuf::from("/var/lib/anyboot/overlays/iscsi"));
+        assert_eq!(
+            spec.overlay_dir,
+            PathBuf::from("/var/lib/anyboot/overlays/iscsi")
+        );
         assert!(c.targets[0].chap.as_ref().unwrap().mutual.is_some());
         assert_eq!(c.discovery_chap.unwrap().user, "disc");
     }

@@ -24,8 +24,8 @@ use crate::proto::login::{Login, SessionKind, Step, TargetAuth};
 use crate::proto::scsi::{self, Lu, LuShared};
 use crate::proto::session::{Event, Session, Setup};
 use crate::proto::{Framer, Pdu};
-use anyboot_wire::scsi::asc;
 use crate::Error;
+use anyboot_wire::scsi::asc;
 
 /// How long in-flight connections get to finish after shutdown starts.
 const GRACE: Duration = Duration::from_secs(5);
@@ -137,7 +137,10 @@ impl Server {
 
     /// The bound portal addresses (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The first bound portal.
@@ -275,7 +278,11 @@ fn encode_into(out: &mut Vec<u8>, p: &Pdu, hd: bool, dd: bool) {
     out.extend_from_slice(&t);
 }
 
-async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), ConnError> {
+async fn serve(
+    mut sock: TcpStream,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ConnError> {
     let local = sock.local_addr()?;
     let cfg = &shared.config;
     let tsih = loop {
@@ -344,9 +351,13 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
                 (None, Backing::Disk(spec)) => {
                     let spec = spec.clone();
                     let who = est.initiator.clone();
-                    tokio::task::spawn_blocking(move || Attachment::open(&spec, &who).map(|a| a.device().clone()))
-                        .await
-                        .unwrap_or(Err(anyboot_images::Error::Unsupported("attach task failed")))
+                    tokio::task::spawn_blocking(move || {
+                        Attachment::open(&spec, &who).map(|a| a.device().clone())
+                    })
+                    .await
+                    .unwrap_or(Err(anyboot_images::Error::Unsupported(
+                        "attach task failed",
+                    )))
                 }
                 (None, Backing::Device(d)) => Ok(d.clone()),
             };
@@ -437,14 +448,37 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, scsi::Response)>();
     let lus = Arc::new(lus);
-    let iqn: Arc<str> = target_idx.map(|i| shared.auth[i].iqn.clone()).unwrap_or_default().into();
+    let iqn: Arc<str> = target_idx
+        .map(|i| shared.auth[i].iqn.clone())
+        .unwrap_or_default()
+        .into();
     let nexus_arc: Arc<str> = nexus.clone().into();
     let luns_arc: Arc<[u16]> = luns_list.into();
     session.handle_timeout(Instant::now());
+    // block_in_place needs the multi-thread runtime; embedders on a
+    // current-thread runtime get every command on the blocking pool.
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
     let mut closing = false;
     let result = loop {
         // Drain the core's outputs.
         while let Some(req) = session.poll_exec() {
+            if multi_thread && inline_ok(&req) {
+                // Short media access to a page-cache or RAM backed image costs
+                // less than the hand-off to the blocking pool; block_in_place
+                // still lets the runtime move other tasks away if it stalls.
+                let r = tokio::task::block_in_place(|| {
+                    let lu = lus.iter().find(|l| l.lun == req.lun);
+                    let ctx = scsi::Context {
+                        nexus: &nexus_arc,
+                        target_iqn: &iqn,
+                        luns: &luns_arc,
+                    };
+                    scsi::execute(lu, &ctx, &req.cdb, &req.data)
+                });
+                session.complete(req.id, r);
+                continue;
+            }
             let lus = lus.clone();
             let done = done_tx.clone();
             let (iqn, nexus, luns) = (iqn.clone(), nexus_arc.clone(), luns_arc.clone());
@@ -462,10 +496,8 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
         let mut out = Vec::new();
         while let Some(pdu) = session.poll_transmit() {
             encode_into(&mut out, &pdu, p.header_digest, p.data_digest);
-            if out.len() >= 1 << 20 {
-                if tx_out.send(std::mem::take(&mut out)).await.is_err() {
-                    break;
-                }
+            if out.len() >= 1 << 20 && tx_out.send(std::mem::take(&mut out)).await.is_err() {
+                break;
             }
         }
         if !out.is_empty() && tx_out.send(out).await.is_err() {
@@ -524,6 +556,25 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiv
     }
     info!("session closed");
     result
+}
+
+/// Whether a command is cheap enough to run on the connection's task: small
+/// reads and writes without FUA. Flushes, WRITE SAME, UNMAP and large
+/// transfers go to the blocking pool.
+fn inline_ok(req: &crate::proto::session::ExecRequest) -> bool {
+    use anyboot_wire::scsi::{op, RwCdb};
+    match req.cdb[0] {
+        op::READ_6
+        | op::READ_10
+        | op::READ_12
+        | op::READ_16
+        | op::WRITE_6
+        | op::WRITE_10
+        | op::WRITE_12
+        | op::WRITE_16 => RwCdb::parse(&req.cdb).is_ok_and(|r| !r.fua && r.blocks <= 256),
+        op::TEST_UNIT_READY | op::INQUIRY | op::READ_CAPACITY_10 | op::REPORT_LUNS => true,
+        _ => false,
+    }
 }
 
 fn reset_lu(s: &LuShared, what: (u8, u8)) {

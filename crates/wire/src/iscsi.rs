@@ -256,13 +256,38 @@ impl<T: AsRef<[u8]>> Bhs<T> {
     }
 
     word!(itt, set_itt, field::ITT, "Initiator Task Tag.");
-    word!(word20, set_word20, field::WORD20, "TTT, or Expected Data Transfer Length (SCSI Command), or CID (login).");
-    word!(word24, set_word24, field::WORD24, "CmdSN (initiator PDUs) or StatSN (target PDUs).");
-    word!(word28, set_word28, field::WORD28, "ExpStatSN (initiator PDUs) or ExpCmdSN (target PDUs).");
+    word!(
+        word20,
+        set_word20,
+        field::WORD20,
+        "TTT, or Expected Data Transfer Length (SCSI Command), or CID (login)."
+    );
+    word!(
+        word24,
+        set_word24,
+        field::WORD24,
+        "CmdSN (initiator PDUs) or StatSN (target PDUs)."
+    );
+    word!(
+        word28,
+        set_word28,
+        field::WORD28,
+        "ExpStatSN (initiator PDUs) or ExpCmdSN (target PDUs)."
+    );
     word!(word32, set_word32, field::WORD32, "MaxCmdSN (target PDUs).");
-    word!(word36, set_word36, field::WORD36, "DataSN, R2TSN or ExpDataSN.");
+    word!(
+        word36,
+        set_word36,
+        field::WORD36,
+        "DataSN, R2TSN or ExpDataSN."
+    );
     word!(word40, set_word40, field::WORD40, "Buffer Offset.");
-    word!(word44, set_word44, field::WORD44, "Residual Count or Desired Data Transfer Length.");
+    word!(
+        word44,
+        set_word44,
+        field::WORD44,
+        "Residual Count or Desired Data Transfer Length."
+    );
 
     /// Target Transfer Tag (Data-Out, NOP-Out, Text Request).
     pub fn ttt(&self) -> u32 {
@@ -471,7 +496,10 @@ mod tests {
         let kv = parse_text(&v).unwrap();
         assert_eq!(
             kv,
-            vec![("InitiatorName", "iqn.2026-11.x:y"), ("AuthMethod", "CHAP,None")]
+            vec![
+                ("InitiatorName", "iqn.2026-11.x:y"),
+                ("AuthMethod", "CHAP,None")
+            ]
         );
         assert!(parse_text(b"a=b").is_err());
         assert!(parse_text(b"novalue\0").is_err());

@@ -180,7 +180,10 @@ impl Sense {
 
     /// ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST.
     pub const fn invalid_param() -> Self {
-        Self::new(SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_PARAMETER_LIST)
+        Self::new(
+            SenseKey::IllegalRequest,
+            asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        )
     }
 
     /// ILLEGAL REQUEST, with a field pointer into the CDB (SPC-4 4.5.2.4.2).

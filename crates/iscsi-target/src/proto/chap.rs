@@ -61,7 +61,10 @@ impl Algorithm {
 
 /// Picks from the initiator's CHAP_A list: SHA-256 if offered, else MD5.
 pub fn choose(offered: &str) -> Option<Algorithm> {
-    let algs: Vec<Algorithm> = offered.split(',').filter_map(Algorithm::from_number).collect();
+    let algs: Vec<Algorithm> = offered
+        .split(',')
+        .filter_map(Algorithm::from_number)
+        .collect();
     if algs.contains(&Algorithm::Sha256) {
         Some(Algorithm::Sha256)
     } else if algs.contains(&Algorithm::Md5) {
@@ -144,7 +147,10 @@ mod tests {
         // `printf '\x01secret\0...' | md5sum`.
         let r = Algorithm::Md5.response(1, b"secret", &[0u8; 16]);
         assert_eq!(hex::encode(&r), "7570c653cdf4755ccffcaa80f29268d1");
-        assert_eq!(Algorithm::Sha256.response(1, b"secret", &[0u8; 32]).len(), 32);
+        assert_eq!(
+            Algorithm::Sha256.response(1, b"secret", &[0u8; 32]).len(),
+            32
+        );
     }
 
     #[test]

@@ -179,10 +179,16 @@ mod tests {
         };
         let mut w = wire(&sample(4), true, true);
         w[53] ^= 1; // a data byte
-        assert_eq!(f.decode(&mut BytesMut::from(&w[..])), Err(FrameError::DataDigest));
+        assert_eq!(
+            f.decode(&mut BytesMut::from(&w[..])),
+            Err(FrameError::DataDigest)
+        );
         let mut w = wire(&sample(4), true, true);
         w[3] ^= 1;
-        assert_eq!(f.decode(&mut BytesMut::from(&w[..])), Err(FrameError::HeaderDigest));
+        assert_eq!(
+            f.decode(&mut BytesMut::from(&w[..])),
+            Err(FrameError::HeaderDigest)
+        );
         let w = wire(&sample(9), true, true);
         assert!(matches!(
             f.decode(&mut BytesMut::from(&w[..])),

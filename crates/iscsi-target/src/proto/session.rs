@@ -288,7 +288,12 @@ impl Session {
         }
         let max = self.max_cmd_sn;
         if sn_lt(cmd_sn, self.exp_cmd_sn) || sn_lt(max, cmd_sn) {
-            warn!(cmd_sn, exp = self.exp_cmd_sn, max, "CmdSN outside the window; dropped");
+            warn!(
+                cmd_sn,
+                exp = self.exp_cmd_sn,
+                max,
+                "CmdSN outside the window; dropped"
+            );
             return false;
         }
         self.exp_cmd_sn = cmd_sn.wrapping_add(1);
@@ -353,7 +358,11 @@ impl Session {
     }
 
     fn block_size(&self, lun: u16) -> Option<u32> {
-        self.s.luns.iter().find(|(l, _)| *l == lun).map(|(_, bs)| *bs)
+        self.s
+            .luns
+            .iter()
+            .find(|(l, _)| *l == lun)
+            .map(|(_, bs)| *bs)
     }
 
     fn respond_now(&mut self, itt: u32, lun: u16, r: Response, edtl: u32, read: bool) {
@@ -387,7 +396,13 @@ impl Session {
             return;
         }
         if self.tasks.len() >= 2 * self.s.queue_depth.max(1) as usize {
-            self.respond_now(itt, lun, Response::status(status::TASK_SET_FULL), edtl, read);
+            self.respond_now(
+                itt,
+                lun,
+                Response::status(status::TASK_SET_FULL),
+                edtl,
+                read,
+            );
             return;
         }
         let p = self.s.params;
@@ -446,7 +461,8 @@ impl Session {
                     task.residual = Some((flags::OVERFLOW, (need - sent) as u32));
                     // A plain write covers only the blocks the initiator sends
                     // (RFC 7143 section 11.4.5.2: the residual says what was not).
-                    task.refuse = strict || !scsi::truncate_transfer(&mut task.cdb, sent / bs as u64);
+                    task.refuse =
+                        strict || !scsi::truncate_transfer(&mut task.cdb, sent / bs as u64);
                 } else if need < sent {
                     task.residual = Some((flags::UNDERFLOW, (sent - need) as u32));
                     task.refuse = strict;
@@ -472,7 +488,9 @@ impl Session {
             }
             // Issue R2Ts up to MaxOutstandingR2T, within the write budget.
             let mut new = Vec::new();
-            while (task.r2ts.len() as u32) < p.max_outstanding_r2t && task.next_r2t_offset < task.edtl {
+            while (task.r2ts.len() as u32) < p.max_outstanding_r2t
+                && task.next_r2t_offset < task.edtl
+            {
                 let len = (task.edtl - task.next_r2t_offset).min(p.max_burst);
                 if self.buffered + len as usize > WRITE_BUDGET && self.buffered > 0 {
                     break;
@@ -834,8 +852,14 @@ impl Session {
         // Continuation (C bit) is not implemented: keep to one PDU.
         let max = self.s.params.max_send_data_segment as usize;
         if out.len() > max {
-            warn!(len = out.len(), max, "SendTargets answer truncated to one PDU");
-            let cut = out[..max].iter().rposition(|&c| c == 0).map_or(0, |i| i + 1);
+            warn!(
+                len = out.len(),
+                max, "SendTargets answer truncated to one PDU"
+            );
+            let cut = out[..max]
+                .iter()
+                .rposition(|&c| c == 0)
+                .map_or(0, |i| i + 1);
             out.truncate(cut);
         }
         let mut p = self.header(Opcode::TextResponse, flags::FINAL, itt);

@@ -77,10 +77,22 @@ fn no_auth_login_with_ipxe_parameters() {
     let mut l = login();
     let mut r = rng();
     let step = l.handle(
-        &req(0, 1, true, &[("InitiatorName", INI), ("TargetName", T1), ("SessionType", "Normal"), ("AuthMethod", "None")]),
+        &req(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", INI),
+                ("TargetName", T1),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+            ],
+        ),
         &mut r,
     );
-    let Step::Continue(p) = step else { panic!("{step:?}") };
+    let Step::Continue(p) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(get(&p, "AuthMethod").as_deref(), Some("None"));
     assert_eq!(get(&p, "TargetPortalGroupTag").as_deref(), Some("1"));
     assert_eq!(get(&p, "TargetAlias").as_deref(), Some("disk one"));
@@ -114,17 +126,36 @@ fn no_auth_login_with_ipxe_parameters() {
         ),
         &mut r,
     );
-    let Step::Done(p, est) = step else { panic!("{step:?}") };
+    let Step::Done(p, est) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(get(&p, "InitialR2T").as_deref(), Some("Yes"));
     assert_eq!(get(&p, "ImmediateData").as_deref(), Some("No"));
-    assert_eq!(get(&p, "MaxRecvDataSegmentLength").as_deref(), Some("262144"));
-    assert_eq!(get(&p, "DefaultTime2Wait").as_deref(), Some("2"), "result function Max");
+    assert_eq!(
+        get(&p, "MaxRecvDataSegmentLength").as_deref(),
+        Some("262144")
+    );
+    assert_eq!(
+        get(&p, "DefaultTime2Wait").as_deref(),
+        Some("2"),
+        "result function Max"
+    );
     assert_eq!(p.bhs().flags(), flags::TRANSIT | (1 << 2) | 3);
-    assert_eq!(&p.bhs().lun_bytes()[6..8], &7u16.to_be_bytes(), "TSIH in the final response");
+    assert_eq!(
+        &p.bhs().lun_bytes()[6..8],
+        &7u16.to_be_bytes(),
+        "TSIH in the final response"
+    );
     let pa = est.params;
     assert!(pa.initial_r2t && !pa.immediate_data && !pa.header_digest);
-    assert_eq!((pa.max_send_data_segment, pa.max_recv_data_segment), (8192, 262_144));
-    assert_eq!((pa.max_burst, pa.first_burst, pa.max_outstanding_r2t), (262_144, 65_536, 1));
+    assert_eq!(
+        (pa.max_send_data_segment, pa.max_recv_data_segment),
+        (8192, 262_144)
+    );
+    assert_eq!(
+        (pa.max_burst, pa.first_burst, pa.max_outstanding_r2t),
+        (262_144, 65_536, 1)
+    );
     assert_eq!(est.kind, SessionKind::Normal(0));
     assert_eq!(est.stat_sn, 1002);
     assert_eq!(est.isid, [0x80, 0, 0, 0x23, 0, 1]);
@@ -153,13 +184,22 @@ fn operational_defaults_ranges_and_unknown_keys() {
         ),
         &mut r,
     );
-    let Step::Done(p, est) = step else { panic!("{step:?}") };
+    let Step::Done(p, est) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(get(&p, "HeaderDigest").as_deref(), Some("CRC32C"));
     assert_eq!(get(&p, "DataDigest").as_deref(), Some("None"));
-    assert_eq!(get(&p, "MaxBurstLength").as_deref(), Some("Reject"), "out of range");
+    assert_eq!(
+        get(&p, "MaxBurstLength").as_deref(),
+        Some("Reject"),
+        "out of range"
+    );
     assert_eq!(get(&p, "FirstBurstLength").as_deref(), Some("4096"));
     assert_eq!(get(&p, "MaxOutstandingR2T").as_deref(), Some("8"));
-    assert_eq!(get(&p, "X-com.example.Key").as_deref(), Some("NotUnderstood"));
+    assert_eq!(
+        get(&p, "X-com.example.Key").as_deref(),
+        Some("NotUnderstood")
+    );
     assert_eq!(get(&p, "ErrorRecoveryLevel").as_deref(), Some("0"));
     assert!(est.params.header_digest && !est.params.data_digest);
     // Keys not offered keep the RFC 7143 section 13 defaults.
@@ -172,13 +212,26 @@ fn chap_login(alg_list: &str, secret: &str, mutual: Option<&[u8]>) -> (Step, Opt
     let mut l = login();
     let mut r = rng();
     let Step::Continue(p) = l.handle(
-        &req(0, 1, true, &[("InitiatorName", INI), ("TargetName", T2), ("AuthMethod", "None,CHAP")]),
+        &req(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", INI),
+                ("TargetName", T2),
+                ("AuthMethod", "None,CHAP"),
+            ],
+        ),
         &mut r,
     ) else {
         panic!()
     };
     assert_eq!(get(&p, "AuthMethod").as_deref(), Some("CHAP"));
-    assert_eq!(p.bhs().flags() & flags::TRANSIT, 0, "no transit before authentication");
+    assert_eq!(
+        p.bhs().flags() & flags::TRANSIT,
+        0,
+        "no transit before authentication"
+    );
     let Step::Continue(p) = l.handle(&req(0, 1, false, &[("CHAP_A", alg_list)]), &mut r) else {
         panic!()
     };
@@ -200,7 +253,9 @@ fn chap_login(alg_list: &str, secret: &str, mutual: Option<&[u8]>) -> (Step, Opt
 fn chap_md5_for_ipxe_and_sha256_when_offered() {
     let (step, alg) = chap_login("5", "alice-secret-1", None);
     assert_eq!(alg, Some(Algorithm::Md5));
-    let Step::Continue(p) = step else { panic!("{step:?}") };
+    let Step::Continue(p) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(p.bhs().flags(), flags::TRANSIT | 1);
     let (step, alg) = chap_login("5,7", "alice-secret-1", None);
     assert_eq!(alg, Some(Algorithm::Sha256));
@@ -211,26 +266,49 @@ fn chap_md5_for_ipxe_and_sha256_when_offered() {
 fn mutual_chap_answers_with_the_target_secret() {
     let mc = [0x33u8; 16];
     let (step, _) = chap_login("5", "alice-secret-1", Some(&mc));
-    let Step::Continue(p) = step else { panic!("{step:?}") };
+    let Step::Continue(p) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(get(&p, "CHAP_N").as_deref(), Some("target"));
     let want = Algorithm::Md5.response(9, b"target-secret-2", &mc);
-    assert_eq!(chap::decode_binary(&get(&p, "CHAP_R").unwrap()).unwrap(), want);
+    assert_eq!(
+        chap::decode_binary(&get(&p, "CHAP_R").unwrap()).unwrap(),
+        want
+    );
 }
 
 #[test]
 fn wrong_secret_unknown_target_acl_and_missing_keys_fail() {
     let (step, _) = chap_login("5", "wrong-secret", None);
-    let Step::Fail(p) = step else { panic!("{step:?}") };
+    let Step::Fail(p) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(status_of(&p), status::AUTH_FAILED);
     let mut r = rng();
     // Unknown target.
-    let Step::Fail(p) = login().handle(&req(0, 1, true, &[("InitiatorName", INI), ("TargetName", "iqn.x:none")]), &mut r) else {
+    let Step::Fail(p) = login().handle(
+        &req(
+            0,
+            1,
+            true,
+            &[("InitiatorName", INI), ("TargetName", "iqn.x:none")],
+        ),
+        &mut r,
+    ) else {
         panic!()
     };
     assert_eq!(status_of(&p), status::NOT_FOUND);
     // Not on the ACL.
     let Step::Fail(p) = login().handle(
-        &req(0, 1, true, &[("InitiatorName", "iqn.2026-11.org.example:other"), ("TargetName", T2)]),
+        &req(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", "iqn.2026-11.org.example:other"),
+                ("TargetName", T2),
+            ],
+        ),
         &mut r,
     ) else {
         panic!()
@@ -242,13 +320,25 @@ fn wrong_secret_unknown_target_acl_and_missing_keys_fail() {
     };
     assert_eq!(status_of(&p), status::MISSING_PARAMETER);
     // Skipping the security stage when CHAP is required.
-    let Step::Fail(p) = login().handle(&req(1, 3, true, &[("InitiatorName", INI), ("TargetName", T2)]), &mut r) else {
+    let Step::Fail(p) = login().handle(
+        &req(1, 3, true, &[("InitiatorName", INI), ("TargetName", T2)]),
+        &mut r,
+    ) else {
         panic!()
     };
     assert_eq!(status_of(&p), status::AUTH_FAILED);
     // CHAP required but only None offered.
     let Step::Fail(p) = login().handle(
-        &req(0, 1, true, &[("InitiatorName", INI), ("TargetName", T2), ("AuthMethod", "None")]),
+        &req(
+            0,
+            1,
+            true,
+            &[
+                ("InitiatorName", INI),
+                ("TargetName", T2),
+                ("AuthMethod", "None"),
+            ],
+        ),
         &mut r,
     ) else {
         panic!()
@@ -260,7 +350,19 @@ fn wrong_secret_unknown_target_acl_and_missing_keys_fail() {
 fn reflected_mutual_challenge_is_refused() {
     let mut l = login();
     let mut r = rng();
-    let _ = l.handle(&req(0, 1, false, &[("InitiatorName", INI), ("TargetName", T2), ("AuthMethod", "CHAP")]), &mut r);
+    let _ = l.handle(
+        &req(
+            0,
+            1,
+            false,
+            &[
+                ("InitiatorName", INI),
+                ("TargetName", T2),
+                ("AuthMethod", "CHAP"),
+            ],
+        ),
+        &mut r,
+    );
     let Step::Continue(p) = l.handle(&req(0, 1, false, &[("CHAP_A", "5")]), &mut r) else {
         panic!()
     };
@@ -269,7 +371,17 @@ fn reflected_mutual_challenge_is_refused() {
     let c = chap::decode_binary(&c_hex).unwrap();
     let resp = chap::encode_hex(&Algorithm::Md5.response(id, b"alice-secret-1", &c));
     let step = l.handle(
-        &req(0, 1, true, &[("CHAP_N", "alice"), ("CHAP_R", &resp), ("CHAP_I", "1"), ("CHAP_C", &c_hex)]),
+        &req(
+            0,
+            1,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &resp),
+                ("CHAP_I", "1"),
+                ("CHAP_C", &c_hex),
+            ],
+        ),
         &mut r,
     );
     assert!(matches!(step, Step::Fail(_)), "{step:?}");
@@ -285,8 +397,18 @@ fn continued_text_and_discovery_session() {
         panic!()
     };
     assert!(p.data.is_empty(), "C bit: empty acknowledgement");
-    let step = l.handle(&req(0, 3, true, &[("SessionType", "Discovery"), ("AuthMethod", "None")]), &mut r);
-    let Step::Done(_, est) = step else { panic!("{step:?}") };
+    let step = l.handle(
+        &req(
+            0,
+            3,
+            true,
+            &[("SessionType", "Discovery"), ("AuthMethod", "None")],
+        ),
+        &mut r,
+    );
+    let Step::Done(_, est) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(est.kind, SessionKind::Discovery);
     assert_eq!(est.initiator, INI);
 }

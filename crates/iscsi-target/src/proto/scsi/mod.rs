@@ -193,7 +193,9 @@ pub fn data_out_len(cdb: &[u8; 16], block_size: u32) -> Option<(u64, bool)> {
         | op::WRITE_16
         | op::WRITE_VERIFY_10
         | op::WRITE_VERIFY_12
-        | op::WRITE_VERIFY_16 => RwCdb::parse(cdb).ok().map(|r| (r.blocks as u64 * bs, false)),
+        | op::WRITE_VERIFY_16 => RwCdb::parse(cdb)
+            .ok()
+            .map(|r| (r.blocks as u64 * bs, false)),
         op::COMPARE_AND_WRITE => Some((2 * cdb[13] as u64 * bs, true)),
         op::ORWRITE_16 => RwCdb::parse(cdb).ok().map(|r| (r.blocks as u64 * bs, true)),
         op::WRITE_ATOMIC_16 => Some((u16::from_be_bytes([cdb[12], cdb[13]]) as u64 * bs, true)),
@@ -337,7 +339,10 @@ fn no_lun(ctx: &Context<'_>, cdb: &[u8; 16]) -> Response {
             let alloc = cdb[4] as usize;
             Response::good(truncated(s.fixed().to_vec(), alloc))
         }
-        _ => Response::check(Sense::new(SenseKey::IllegalRequest, asc::LU_NOT_SUPPORTED), false),
+        _ => Response::check(
+            Sense::new(SenseKey::IllegalRequest, asc::LU_NOT_SUPPORTED),
+            false,
+        ),
     }
 }
 
@@ -566,10 +571,12 @@ impl Exec<'_> {
                 if scope != 0 && matches!(c[1] & 0x1f, 1 | 2 | 4 | 5) {
                     return Err(Sense::invalid_cdb_at(2, Some(7)));
                 }
-                let o = self
-                    .state()
-                    .reservations
-                    .pr_out(self.ctx.nexus, c[1] & 0x1f, c[2] & 0x0f, params);
+                let o = self.state().reservations.pr_out(
+                    self.ctx.nexus,
+                    c[1] & 0x1f,
+                    c[2] & 0x0f,
+                    params,
+                );
                 pr_response(o)
             }
             op::RESERVE_6 | op::RESERVE_10 => {
@@ -1288,7 +1295,9 @@ impl Exec<'_> {
                 d.extend_from_slice(&list);
             }
             1..=3 => {
-                let has_sa = SUPPORTED.iter().any(|(o, s, _)| *o == req_op && s.is_some());
+                let has_sa = SUPPORTED
+                    .iter()
+                    .any(|(o, s, _)| *o == req_op && s.is_some());
                 if (options == 1 && has_sa) || (options == 2 && !has_sa && known_op(req_op)) {
                     return Err(Sense::invalid_cdb_at(2, Some(2)));
                 }
@@ -1370,10 +1379,22 @@ const SUPPORTED: &[(u8, Option<u16>, usize)] = &[
     (op::PREFETCH_16, None, 16),
     (op::SYNCHRONIZE_CACHE_16, None, 16),
     (op::WRITE_SAME_16, None, 16),
-    (op::SERVICE_ACTION_IN_16, Some(sa::READ_CAPACITY_16 as u16), 16),
-    (op::SERVICE_ACTION_IN_16, Some(sa::GET_LBA_STATUS as u16), 16),
+    (
+        op::SERVICE_ACTION_IN_16,
+        Some(sa::READ_CAPACITY_16 as u16),
+        16,
+    ),
+    (
+        op::SERVICE_ACTION_IN_16,
+        Some(sa::GET_LBA_STATUS as u16),
+        16,
+    ),
     (op::REPORT_LUNS, None, 12),
-    (op::MAINTENANCE_IN, Some(sa::REPORT_SUPPORTED_OPCODES as u16), 12),
+    (
+        op::MAINTENANCE_IN,
+        Some(sa::REPORT_SUPPORTED_OPCODES as u16),
+        12,
+    ),
     (op::READ_12, None, 12),
     (op::WRITE_12, None, 12),
     (op::WRITE_VERIFY_12, None, 12),

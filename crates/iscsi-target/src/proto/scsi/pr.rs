@@ -99,7 +99,8 @@ impl Reservations {
             (pr_type::EXCLUSIVE_ACCESS, _) => false,
             (pr_type::WRITE_EXCLUSIVE, _) => false,
             (
-                pr_type::WRITE_EXCLUSIVE_REGISTRANTS_ONLY | pr_type::WRITE_EXCLUSIVE_ALL_REGISTRANTS,
+                pr_type::WRITE_EXCLUSIVE_REGISTRANTS_ONLY
+                | pr_type::WRITE_EXCLUSIVE_ALL_REGISTRANTS,
                 Access::Read,
             ) => true,
             (_, _) => registered,
@@ -325,7 +326,8 @@ impl Reservations {
                         return PrOutcome::Check(Sense::invalid_param());
                     }
                     let before = self.registrations.len();
-                    self.registrations.retain(|(n, k)| *k != sa_key || n == nexus);
+                    self.registrations
+                        .retain(|(n, k)| *k != sa_key || n == nexus);
                     if self.registrations.len() == before {
                         return PrOutcome::Conflict;
                     }
@@ -336,7 +338,8 @@ impl Reservations {
                     if ar && sa_key == 0 {
                         self.registrations.retain(|(n, _)| n == nexus);
                     } else {
-                        self.registrations.retain(|(n, k)| *k != sa_key || n == nexus);
+                        self.registrations
+                            .retain(|(n, k)| *k != sa_key || n == nexus);
                     }
                     self.persistent = Some(Reservation {
                         holder: nexus.to_owned(),
@@ -412,7 +415,10 @@ mod tests {
         assert!(r.check(a, Access::Write, false));
         assert_eq!(r.pr_out(b, 1, 1, &params(0xbb, 0)), PrOutcome::Conflict);
         // Release with the wrong type is an error, the right type works.
-        assert!(matches!(r.pr_out(a, 2, 3, &params(0xaa, 0)), PrOutcome::Check(_)));
+        assert!(matches!(
+            r.pr_out(a, 2, 3, &params(0xaa, 0)),
+            PrOutcome::Check(_)
+        ));
         assert_eq!(r.pr_out(a, 2, 1, &params(0xaa, 0)), PrOutcome::Good);
         assert!(r.check(b, Access::Write, false));
         let keys = r.pr_in(0).unwrap();

@@ -87,11 +87,29 @@ fn standard_inquiry_and_vpd_pages() {
 fn missing_lun_and_report_luns() {
     let r = execute(None, &ctx("x"), &cdb(&[op::INQUIRY, 0, 0, 0, 36, 0]), &[]);
     assert_eq!(r.data[0], 0x7f);
-    let r = execute(None, &ctx("x"), &cdb(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0]), &[]);
+    let r = execute(
+        None,
+        &ctx("x"),
+        &cdb(&[op::READ_10, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+        &[],
+    );
     assert_eq!(sense_of(&r), (SenseKey::IllegalRequest, 0x25, 0));
-    let r = execute(None, &ctx("x"), &cdb(&[op::REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]), &[]);
-    assert_eq!(r.data, vec![0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0]);
-    let r = execute(None, &ctx("x"), &cdb(&[op::REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]), &[]);
+    let r = execute(
+        None,
+        &ctx("x"),
+        &cdb(&[op::REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+        &[],
+    );
+    assert_eq!(
+        r.data,
+        vec![0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0]
+    );
+    let r = execute(
+        None,
+        &ctx("x"),
+        &cdb(&[op::REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]),
+        &[],
+    );
     assert_eq!(sense_of(&r).1, 0x24, "allocation length below 16");
 }
 
@@ -150,12 +168,18 @@ fn verify_and_compare_and_write_report_miscompare_offsets() {
     let block = vec![0xabu8; 512];
     exec(&l, &rw16(op::WRITE_16, 5, 1, 0), &block);
     // BYTCHK=1 with equal data, then with one byte off.
-    assert_eq!(exec(&l, &rw16(op::VERIFY_16, 5, 1, 0x02), &block).status, status::GOOD);
+    assert_eq!(
+        exec(&l, &rw16(op::VERIFY_16, 5, 1, 0x02), &block).status,
+        status::GOOD
+    );
     let mut other = block.clone();
     other[100] = 0;
     let r = exec(&l, &rw16(op::VERIFY_16, 5, 1, 0x02), &other);
     let s = Sense::parse(&r.sense).unwrap();
-    assert_eq!((s.key, s.asc, s.information), (SenseKey::Miscompare, 0x1d, Some(100)));
+    assert_eq!(
+        (s.key, s.asc, s.information),
+        (SenseKey::Miscompare, 0x1d, Some(100))
+    );
 
     let mut caw = [0u8; 16];
     caw[0] = op::COMPARE_AND_WRITE;
@@ -167,7 +191,10 @@ fn verify_and_compare_and_write_report_miscompare_offsets() {
     // The medium changed: the same compare now fails and writes nothing.
     let r = exec(&l, &caw, &data);
     assert_eq!(sense_of(&r).0, SenseKey::Miscompare);
-    assert_eq!(exec(&l, &rw16(op::READ_16, 5, 1, 0), &[]).data, vec![0x11u8; 512]);
+    assert_eq!(
+        exec(&l, &rw16(op::READ_16, 5, 1, 0), &[]).data,
+        vec![0x11u8; 512]
+    );
     // Zero blocks with Data-Out is contradictory; too many blocks too.
     caw[13] = 0;
     assert_eq!(sense_of(&exec(&l, &caw, &data)).1, 0x24);
@@ -187,7 +214,11 @@ fn unmap_write_same_and_get_lba_status() {
     let r = exec(&l, &[op::UNMAP, 0, 0, 0, 0, 0, 0, 0, 24, 0], &p);
     assert_eq!(r.status, status::GOOD);
     let r = exec(&l, &rw16(op::READ_16, 0, 1, 0), &[]);
-    assert_eq!(r.data, vec![0u8; 512], "unmapped blocks read as zeroes (LBPRZ)");
+    assert_eq!(
+        r.data,
+        vec![0u8; 512],
+        "unmapped blocks read as zeroes (LBPRZ)"
+    );
     let mut c = [0u8; 16];
     c[0] = op::SERVICE_ACTION_IN_16;
     c[1] = sa::GET_LBA_STATUS;
@@ -205,10 +236,16 @@ fn unmap_write_same_and_get_lba_status() {
     // WRITE SAME(10) with a pattern, then with UNMAP.
     let mut ws = [op::WRITE_SAME_10, 0, 0, 0, 0x10, 0, 0, 0, 16, 0];
     assert_eq!(exec(&l, &ws, &[0x5au8; 512]).status, status::GOOD);
-    assert_eq!(exec(&l, &rw16(op::READ_16, 0x1000 + 15, 1, 0), &[]).data, vec![0x5a; 512]);
+    assert_eq!(
+        exec(&l, &rw16(op::READ_16, 0x1000 + 15, 1, 0), &[]).data,
+        vec![0x5a; 512]
+    );
     ws[1] = 0x08;
     assert_eq!(exec(&l, &ws, &[0x5au8; 512]).status, status::GOOD);
-    assert_eq!(exec(&l, &rw16(op::READ_16, 0x1000, 1, 0), &[]).data, vec![0; 512]);
+    assert_eq!(
+        exec(&l, &rw16(op::READ_16, 0x1000, 1, 0), &[]).data,
+        vec![0; 512]
+    );
     // ANCHOR is not supported.
     ws[1] = 0x10;
     assert_eq!(sense_of(&exec(&l, &ws, &[0u8; 512])).1, 0x24);
@@ -230,10 +267,31 @@ fn mode_pages_and_mode_select_of_d_sense() {
     assert_eq!(sense_of(&r).1, 0x39);
     // Turn on descriptor-format sense through MODE SELECT(10).
     let mut sel = vec![0u8; 8];
-    let mut ctl = exec(&l, &[op::MODE_SENSE_10, 0x08, 0x0a, 0, 0, 0, 0, 0, 255, 0], &[]).data[8..].to_vec();
+    let mut ctl = exec(
+        &l,
+        &[op::MODE_SENSE_10, 0x08, 0x0a, 0, 0, 0, 0, 0, 255, 0],
+        &[],
+    )
+    .data[8..]
+        .to_vec();
     ctl[2] |= 0x04;
     sel.extend_from_slice(&ctl);
-    let r = exec(&l, &[op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 0, sel.len() as u8, 0], &sel);
+    let r = exec(
+        &l,
+        &[
+            op::MODE_SELECT_10,
+            0x10,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            sel.len() as u8,
+            0,
+        ],
+        &sel,
+    );
     assert_eq!(r.status, status::GOOD);
     let r = exec(&l, &[0xff, 0, 0, 0, 0, 0], &[]);
     assert_eq!(r.sense[0], 0x72, "descriptor format now");
@@ -241,25 +299,99 @@ fn mode_pages_and_mode_select_of_d_sense() {
     // Changing a bit that is not changeable is refused.
     let mut bad = sel.clone();
     bad[8 + 3] ^= 0x10;
-    let r = exec(&l, &[op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 0, bad.len() as u8, 0], &bad);
+    let r = exec(
+        &l,
+        &[
+            op::MODE_SELECT_10,
+            0x10,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            bad.len() as u8,
+            0,
+        ],
+        &bad,
+    );
     assert_eq!(Sense::parse(&r.sense).unwrap().asc, 0x26);
 }
 
 #[test]
 fn report_supported_opcodes_all_and_one() {
     let l = lu(1 << 20);
-    let r = exec(&l, &[op::MAINTENANCE_IN, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], &[]);
+    let r = exec(
+        &l,
+        &[op::MAINTENANCE_IN, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0],
+        &[],
+    );
     let len = u32::from_be_bytes(r.data[..4].try_into().unwrap()) as usize;
     assert_eq!(len, SUPPORTED.len() * 8);
     // One command without service action: READ(10), 10-byte CDB, supported.
-    let r = exec(&l, &[op::MAINTENANCE_IN, 0x0c, 1, op::READ_10, 0, 0, 0, 0, 1, 0, 0, 0], &[]);
+    let r = exec(
+        &l,
+        &[
+            op::MAINTENANCE_IN,
+            0x0c,
+            1,
+            op::READ_10,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+        ],
+        &[],
+    );
     assert_eq!(&r.data[..4], &[0, 3, 0, 10]);
     // Asking without service action for a command that has them is an error.
-    let r = exec(&l, &[op::MAINTENANCE_IN, 0x0c, 1, op::SERVICE_ACTION_IN_16, 0, 0, 0, 0, 1, 0, 0, 0], &[]);
+    let r = exec(
+        &l,
+        &[
+            op::MAINTENANCE_IN,
+            0x0c,
+            1,
+            op::SERVICE_ACTION_IN_16,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+        ],
+        &[],
+    );
     assert_eq!(sense_of(&r).1, 0x24);
-    let r = exec(&l, &[op::MAINTENANCE_IN, 0x0c, 2, op::SERVICE_ACTION_IN_16, 0, 0x10, 0, 0, 1, 0, 0, 0], &[]);
+    let r = exec(
+        &l,
+        &[
+            op::MAINTENANCE_IN,
+            0x0c,
+            2,
+            op::SERVICE_ACTION_IN_16,
+            0,
+            0x10,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+        ],
+        &[],
+    );
     assert_eq!(&r.data[..4], &[0, 3, 0, 16]);
-    let r = exec(&l, &[op::MAINTENANCE_IN, 0x0c, 1, 0xee, 0, 0, 0, 0, 1, 0, 0, 0], &[]);
+    let r = exec(
+        &l,
+        &[op::MAINTENANCE_IN, 0x0c, 1, 0xee, 0, 0, 0, 0, 1, 0, 0, 0],
+        &[],
+    );
     assert_eq!(r.data[1], 1, "not supported");
 }
 
@@ -271,8 +403,14 @@ fn reservations_and_unit_attention_per_nexus() {
     let reserve = cdb(&[op::RESERVE_6, 0, 0, 0, 0, 0]);
     assert_eq!(execute(Some(&l), &a, &reserve, &[]).status, status::GOOD);
     let read = rw16(op::READ_16, 0, 1, 0);
-    assert_eq!(execute(Some(&l), &b, &read, &[]).status, status::RESERVATION_CONFLICT);
-    assert_eq!(execute(Some(&l), &b, &cdb(&[op::INQUIRY, 0, 0, 0, 36, 0]), &[]).status, status::GOOD);
+    assert_eq!(
+        execute(Some(&l), &b, &read, &[]).status,
+        status::RESERVATION_CONFLICT
+    );
+    assert_eq!(
+        execute(Some(&l), &b, &cdb(&[op::INQUIRY, 0, 0, 0, 36, 0]), &[]).status,
+        status::GOOD
+    );
     // A LUN reset ends the reservation and raises a unit attention for both.
     {
         let mut st = l.shared.state.lock().unwrap();
@@ -282,8 +420,17 @@ fn reservations_and_unit_attention_per_nexus() {
     }
     let r = execute(Some(&l), &b, &read, &[]);
     assert_eq!(sense_of(&r), (SenseKey::UnitAttention, 0x29, 0x03));
-    assert_eq!(execute(Some(&l), &b, &read, &[]).status, status::GOOD, "reported once");
-    let rs = execute(Some(&l), &a, &cdb(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0]), &[]);
+    assert_eq!(
+        execute(Some(&l), &b, &read, &[]).status,
+        status::GOOD,
+        "reported once"
+    );
+    let rs = execute(
+        Some(&l),
+        &a,
+        &cdb(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0]),
+        &[],
+    );
     assert_eq!(rs.status, status::GOOD);
     assert_eq!(rs.data[2], 0x06, "REQUEST SENSE returns and clears the UA");
     // Persistent reservations through the CDB path.
@@ -298,10 +445,16 @@ fn reservations_and_unit_attention_per_nexus() {
     params[0..8].copy_from_slice(&7u64.to_be_bytes());
     params[8..16].fill(0);
     assert_eq!(execute(Some(&l), &a, &prout, &params).status, status::GOOD);
-    assert_eq!(execute(Some(&l), &b, &read, &[]).status, status::RESERVATION_CONFLICT);
+    assert_eq!(
+        execute(Some(&l), &b, &read, &[]).status,
+        status::RESERVATION_CONFLICT
+    );
     assert_eq!(execute(Some(&l), &a, &read, &[]).status, status::GOOD);
     prout[8] = 23;
-    assert_eq!(sense_of(&execute(Some(&l), &a, &prout, &params[..23])).1, 0x1a);
+    assert_eq!(
+        sense_of(&execute(Some(&l), &a, &prout, &params[..23])).1,
+        0x1a
+    );
 }
 
 #[test]
@@ -309,7 +462,11 @@ fn unknown_opcode_is_illegal_request() {
     let l = lu(1 << 20);
     for opc in [0x02u8, 0xc0, 0xff, 0x48] {
         let r = exec(&l, &[opc], &[]);
-        assert_eq!(sense_of(&r), (SenseKey::IllegalRequest, 0x20, 0), "opcode {opc:#x}");
+        assert_eq!(
+            sense_of(&r),
+            (SenseKey::IllegalRequest, 0x20, 0),
+            "opcode {opc:#x}"
+        );
     }
 }
 
@@ -321,8 +478,14 @@ fn write_residual_helpers() {
     assert_eq!(data_out_len(&c, 512), Some((512, false)));
     let mut w6 = cdb(&[op::WRITE_6, 0, 0, 0, 0, 0]);
     assert_eq!(data_out_len(&w6, 512), Some((256 * 512, false)));
-    assert!(!truncate_transfer(&mut w6, 0), "WRITE(6) cannot say zero blocks");
-    assert_eq!(data_out_len(&cdb(&[op::WRITE_SAME_10]), 4096), Some((4096, true)));
+    assert!(
+        !truncate_transfer(&mut w6, 0),
+        "WRITE(6) cannot say zero blocks"
+    );
+    assert_eq!(
+        data_out_len(&cdb(&[op::WRITE_SAME_10]), 4096),
+        Some((4096, true))
+    );
     assert_eq!(data_out_len(&cdb(&[op::READ_10]), 512), None);
 }
 

@@ -14,8 +14,14 @@ fn setup(params: Params) -> Session {
         queue_depth: 4,
         luns: vec![(0, 512)],
         visible: vec![
-            ("iqn.2026-11.org.anyboot:a".into(), "127.0.0.1:3260,1".into()),
-            ("iqn.2026-11.org.anyboot:b".into(), "127.0.0.1:3260,1".into()),
+            (
+                "iqn.2026-11.org.anyboot:a".into(),
+                "127.0.0.1:3260,1".into(),
+            ),
+            (
+                "iqn.2026-11.org.anyboot:b".into(),
+                "127.0.0.1:3260,1".into(),
+            ),
         ],
         own_target: Some("iqn.2026-11.org.anyboot:a".into()),
         nop_interval: Some(Duration::from_secs(30)),
@@ -55,7 +61,13 @@ fn scsi(itt: u32, cmd_sn: u32, f: u8, edtl: u32, cdb: &[u8], data: &[u8]) -> Pdu
 }
 
 fn data_out(itt: u32, ttt: u32, data_sn: u32, offset: u32, fin: bool, data: &[u8]) -> Pdu {
-    let mut p = pdu(Opcode::DataOut, false, if fin { flags::FINAL } else { 0 }, itt, data);
+    let mut p = pdu(
+        Opcode::DataOut,
+        false,
+        if fin { flags::FINAL } else { 0 },
+        itt,
+        data,
+    );
     let mut b = p.bhs_mut();
     b.set_word20(ttt);
     b.set_word36(data_sn);
@@ -76,7 +88,17 @@ fn write10(blocks: u16) -> [u8; 10] {
 fn read_returns_data_in_with_collapsed_status_split_by_segment_and_burst() {
     let mut s = setup(params());
     let now = Instant::now();
-    s.handle(now, scsi(1, 10, flags::FINAL | flags::READ, 6000, &[0x28, 0, 0, 0, 0, 0, 0, 0, 12, 0], &[]));
+    s.handle(
+        now,
+        scsi(
+            1,
+            10,
+            flags::FINAL | flags::READ,
+            6000,
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 12, 0],
+            &[],
+        ),
+    );
     assert!(drain(&mut s).is_empty());
     let req = s.poll_exec().unwrap();
     assert_eq!(req.cdb[0], 0x28);
@@ -107,10 +129,22 @@ fn write_with_immediate_unsolicited_and_r2t_data() {
     let now = Instant::now();
     // 8 KiB write: 512 immediate, unsolicited up to FirstBurstLength 2048.
     let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
-    s.handle(now, scsi(5, 10, flags::WRITE, 8192, &write10(16), &data[..512]));
-    assert!(drain(&mut s).is_empty(), "no R2T before the unsolicited burst ends");
-    s.handle(now, data_out(5, RESERVED_TAG, 0, 512, false, &data[512..1536]));
-    s.handle(now, data_out(5, RESERVED_TAG, 1, 1536, true, &data[1536..2048]));
+    s.handle(
+        now,
+        scsi(5, 10, flags::WRITE, 8192, &write10(16), &data[..512]),
+    );
+    assert!(
+        drain(&mut s).is_empty(),
+        "no R2T before the unsolicited burst ends"
+    );
+    s.handle(
+        now,
+        data_out(5, RESERVED_TAG, 0, 512, false, &data[512..1536]),
+    );
+    s.handle(
+        now,
+        data_out(5, RESERVED_TAG, 1, 1536, true, &data[1536..2048]),
+    );
     let r2ts = drain(&mut s);
     assert_eq!(r2ts.len(), 2, "MaxOutstandingR2T = 2");
     let (a, b) = (r2ts[0].bhs(), r2ts[1].bhs());
@@ -124,7 +158,17 @@ fn write_with_immediate_unsolicited_and_r2t_data() {
     s.handle(now, data_out(5, tb, 1, 7168, true, &data[7168..]));
     assert!(s.poll_exec().is_none());
     for (i, off) in (2048..6144).step_by(1024).enumerate() {
-        s.handle(now, data_out(5, ta, i as u32, off, off == 5120, &data[off as usize..off as usize + 1024]));
+        s.handle(
+            now,
+            data_out(
+                5,
+                ta,
+                i as u32,
+                off,
+                off == 5120,
+                &data[off as usize..off as usize + 1024],
+            ),
+        );
     }
     let req = s.poll_exec().expect("all data in");
     assert_eq!(req.data, data);
@@ -147,14 +191,30 @@ fn ipxe_style_write_without_unsolicited_data() {
     };
     let mut s = setup(p);
     let now = Instant::now();
-    s.handle(now, scsi(9, 10, flags::FINAL | flags::WRITE, 1024, &write10(2), &[]));
+    s.handle(
+        now,
+        scsi(9, 10, flags::FINAL | flags::WRITE, 1024, &write10(2), &[]),
+    );
     let r2t = drain(&mut s);
     assert_eq!(r2t.len(), 1);
     assert_eq!((r2t[0].bhs().word40(), r2t[0].bhs().word44()), (0, 1024));
-    s.handle(now, data_out(9, r2t[0].bhs().word20(), 0, 0, true, &[1u8; 1024]));
+    s.handle(
+        now,
+        data_out(9, r2t[0].bhs().word20(), 0, 0, true, &[1u8; 1024]),
+    );
     assert_eq!(s.poll_exec().unwrap().data.len(), 1024);
     // Immediate data when ImmediateData=No is refused with a Reject.
-    s.handle(now, scsi(10, 11, flags::FINAL | flags::WRITE, 512, &write10(1), &[0u8; 512]));
+    s.handle(
+        now,
+        scsi(
+            10,
+            11,
+            flags::FINAL | flags::WRITE,
+            512,
+            &write10(1),
+            &[0u8; 512],
+        ),
+    );
     let out = drain(&mut s);
     assert_eq!(out[0].bhs().opcode(), Opcode::Reject);
     assert_eq!(out[0].bhs().specific2()[0], 0x09);
@@ -166,7 +226,17 @@ fn write_residuals_and_short_data_out() {
     let now = Instant::now();
     // The CDB wants 2 blocks, the initiator sends one: one block is written
     // (the CDB is cut down) and the overflow is reported.
-    s.handle(now, scsi(1, 10, flags::FINAL | flags::WRITE, 512, &write10(2), &[3u8; 512]));
+    s.handle(
+        now,
+        scsi(
+            1,
+            10,
+            flags::FINAL | flags::WRITE,
+            512,
+            &write10(2),
+            &[3u8; 512],
+        ),
+    );
     let req = s.poll_exec().unwrap();
     assert_eq!(&req.cdb[7..9], &[0, 1]);
     s.complete(req.id, Response::good(Vec::new()));
@@ -174,7 +244,17 @@ fn write_residuals_and_short_data_out() {
     assert_eq!(out[0].bhs().flags(), flags::FINAL | flags::OVERFLOW);
     assert_eq!(out[0].bhs().word44(), 512);
     // WRITE SAME with two blocks of Data-Out is refused outright.
-    s.handle(now, scsi(2, 11, flags::FINAL | flags::WRITE, 1024, &[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0u8; 1024]));
+    s.handle(
+        now,
+        scsi(
+            2,
+            11,
+            flags::FINAL | flags::WRITE,
+            1024,
+            &[0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            &[0u8; 1024],
+        ),
+    );
     assert!(s.poll_exec().is_none());
     let out = drain(&mut s);
     assert_eq!(out[0].bhs().specific2(), [0, status::CHECK_CONDITION]);
@@ -195,11 +275,34 @@ fn cmd_sn_window_drops_out_of_window_commands_and_bounds_tasks() {
     let mut s = setup(params());
     let now = Instant::now();
     // Window is [10, 13] with depth 4.
-    s.handle(now, scsi(1, 14, flags::FINAL | flags::READ, 512, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]));
-    s.handle(now, scsi(2, 9, flags::FINAL | flags::READ, 512, &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[]));
+    s.handle(
+        now,
+        scsi(
+            1,
+            14,
+            flags::FINAL | flags::READ,
+            512,
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            &[],
+        ),
+    );
+    s.handle(
+        now,
+        scsi(
+            2,
+            9,
+            flags::FINAL | flags::READ,
+            512,
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            &[],
+        ),
+    );
     assert!(s.poll_exec().is_none() && drain(&mut s).is_empty());
     for i in 0..4 {
-        s.handle(now, scsi(10 + i, 10 + i, flags::FINAL, 0, &[0, 0, 0, 0, 0, 0], &[]));
+        s.handle(
+            now,
+            scsi(10 + i, 10 + i, flags::FINAL, 0, &[0, 0, 0, 0, 0, 0], &[]),
+        );
     }
     let reqs: Vec<_> = std::iter::from_fn(|| s.poll_exec()).collect();
     assert_eq!(reqs.len(), 4);
@@ -230,7 +333,11 @@ fn nop_ping_both_ways_and_dead_peer() {
     let out = drain(&mut s);
     let b = out[0].bhs();
     assert_eq!((b.opcode(), b.itt()), (Opcode::NopIn, RESERVED_TAG));
-    assert_eq!(b.word24(), 101, "StatSN not advanced by an unsolicited NOP-In");
+    assert_eq!(
+        b.word24(),
+        101,
+        "StatSN not advanced by an unsolicited NOP-In"
+    );
     let ttt = b.word20();
     // The answer clears the ping.
     let mut pong = pdu(Opcode::NopOut, true, flags::FINAL, RESERVED_TAG, &[]);
@@ -266,7 +373,11 @@ fn task_management_abort_and_lun_reset() {
     tmf.bhs_mut().set_word20(999);
     tmf.bhs_mut().set_word32(3);
     s.handle(now, tmf);
-    assert_eq!(drain(&mut s)[0].bhs().specific2()[0], 1, "task does not exist");
+    assert_eq!(
+        drain(&mut s)[0].bhs().specific2()[0],
+        1,
+        "task does not exist"
+    );
     // LUN RESET of an unknown LUN, then of LUN 0.
     let mut tmf = pdu(Opcode::TaskMgmtRequest, true, flags::FINAL | 5, 52, &[]);
     tmf.bhs_mut().set_lun(9);
@@ -292,7 +403,10 @@ fn text_send_targets_and_logout() {
     let kv = iscsi::parse_text(&out[0].data).unwrap();
     assert_eq!(
         kv,
-        vec![("TargetName", "iqn.2026-11.org.anyboot:a"), ("TargetAddress", "127.0.0.1:3260,1")]
+        vec![
+            ("TargetName", "iqn.2026-11.org.anyboot:a"),
+            ("TargetAddress", "127.0.0.1:3260,1")
+        ]
     );
     let mut lo = pdu(Opcode::LogoutRequest, true, flags::FINAL, 4, &[]);
     lo.bhs_mut().set_word24(11);
