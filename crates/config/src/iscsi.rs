@@ -82,6 +82,10 @@ pub struct IscsiLun {
     pub read_only: bool,
     #[serde(default = "shared")]
     pub disk: DiskModeName,
+    /// Removable medium (RMB): START STOP UNIT can eject and load it,
+    /// PREVENT ALLOW MEDIUM REMOVAL can lock it (virtual CD/USB media).
+    #[serde(default)]
+    pub removable: bool,
 }
 
 fn shared() -> DiskModeName {

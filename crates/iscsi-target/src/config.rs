@@ -26,6 +26,8 @@ pub enum Backing {
 pub struct LunConfig {
     pub lun: u16,
     pub backing: Backing,
+    /// Removable medium (INQUIRY RMB, eject/load, PREVENT ALLOW).
+    pub removable: bool,
 }
 
 /// One target.
@@ -148,6 +150,7 @@ impl Config {
                 };
                 luns.push(LunConfig {
                     lun: l.lun,
+                    removable: l.removable,
                     backing: Backing::Disk(DiskSpec {
                         image,
                         read_only: l.read_only,

@@ -17,6 +17,7 @@
 //! let mut target = TargetConfig::new("iqn.2026-11.org.anyboot:demo");
 //! target.luns.push(LunConfig {
 //!     lun: 0,
+//!     removable: false,
 //!     backing: Backing::Device(Arc::new(RawFile::memory(64 << 20)?)),
 //! });
 //! config.targets.push(target);

@@ -99,6 +99,7 @@ fn build(args: &Args) -> anyhow::Result<Config> {
             }
             t.luns.push(LunConfig {
                 lun,
+                removable: false,
                 backing: Backing::Disk(DiskSpec {
                     image: path,
                     read_only: ro,

@@ -97,6 +97,7 @@ impl Server {
                     shared_device,
                     state: Arc::new(LuShared {
                         id: stable_id(&t.iqn, l.lun),
+                        removable: l.removable,
                         ..LuShared::default()
                     }),
                 });

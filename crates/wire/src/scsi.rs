@@ -142,6 +142,7 @@ pub mod asc {
     pub const REGISTRATIONS_PREEMPTED: (u8, u8) = (0x2a, 0x05);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: (u8, u8) = (0x39, 0x00);
     pub const MEDIUM_REMOVAL_PREVENTED: (u8, u8) = (0x53, 0x02);
+    pub const MEDIUM_NOT_PRESENT: (u8, u8) = (0x3a, 0x00);
     pub const INTERNAL_TARGET_FAILURE: (u8, u8) = (0x44, 0x00);
     pub const SPACE_ALLOCATION_FAILED: (u8, u8) = (0x27, 0x07);
     pub const INSUFFICIENT_RESOURCES: (u8, u8) = (0x55, 0x03);

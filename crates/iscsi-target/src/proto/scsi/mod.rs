@@ -51,6 +51,8 @@ pub struct LuState {
     pub nexuses: HashMap<pr::Nexus, u32>,
     /// Pending unit attention (ASC, ASCQ) per nexus (SAM-5 5.14).
     pub unit_attention: HashMap<pr::Nexus, (u8, u8)>,
+    /// A removable medium was ejected (START STOP UNIT with LOEJ).
+    pub ejected: bool,
 }
 
 impl LuState {
@@ -62,13 +64,17 @@ impl LuState {
         self.reservations.reset();
         self.prevent.clear();
         for n in self.nexuses.keys() {
+            tracing::debug!(nexus = %n, ?what, "unit attention raised");
             self.unit_attention.insert(n.clone(), what);
         }
     }
 
-    /// A session of nexus `n` starts.
+    /// A session of nexus `n` starts: a new I_T nexus, so unit attentions
+    /// left for an earlier session of the same name and ISID do not apply.
     pub fn nexus_joined(&mut self, n: &str) {
         *self.nexuses.entry(n.to_owned()).or_insert(0) += 1;
+        self.unit_attention.remove(n);
+        tracing::debug!(nexus = n, "nexus joined");
     }
 
     /// The nexus logged out or lost its connection.
@@ -94,6 +100,7 @@ impl Default for LuState {
             prevent: HashSet::new(),
             nexuses: HashMap::new(),
             unit_attention: HashMap::new(),
+            ejected: false,
         }
     }
 }
@@ -103,6 +110,8 @@ impl Default for LuState {
 pub struct LuShared {
     /// Stable number for the NAA designator and serial (from target IQN + LUN).
     pub id: u64,
+    /// Removable medium: RMB set, START STOP UNIT ejects and loads.
+    pub removable: bool,
     pub state: Mutex<LuState>,
     /// Media access: plain reads and writes share it; COMPARE AND WRITE,
     /// ORWRITE and WRITE ATOMIC take it alone, so no command sees them half done.
@@ -284,6 +293,7 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
             .ok()
             .and_then(|mut s| s.unit_attention.remove(ctx.nexus));
         if let Some(code) = ua {
+            tracing::debug!(nexus = ctx.nexus, ?code, "unit attention reported");
             let sense = Sense::new(SenseKey::UnitAttention, code);
             if cdb[0] == op::REQUEST_SENSE {
                 let d = if cdb[1] & 1 != 0 {
@@ -309,6 +319,12 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
             return Response::status(status::RESERVATION_CONFLICT);
         }
     }
+    // An ejected medium: commands that need it report MEDIUM NOT PRESENT.
+    let ejected = lu.shared.state.lock().map(|s| s.ejected).unwrap_or(false);
+    if ejected && needs_medium(cdb) {
+        let s = Sense::new(SenseKey::NotReady, asc::MEDIUM_NOT_PRESENT);
+        return Response::check(s, d_sense);
+    }
     let exec = Exec {
         lu,
         ctx,
@@ -319,6 +335,29 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
         Ok(r) => r,
         Err(sense) => Response::check(sense, d_sense),
     }
+}
+
+/// Commands that touch the medium (SBC-3 4.x "medium not present").
+fn needs_medium(cdb: &[u8; 16]) -> bool {
+    !matches!(
+        cdb[0],
+        op::INQUIRY
+            | op::REPORT_LUNS
+            | op::REQUEST_SENSE
+            | op::START_STOP_UNIT
+            | op::PREVENT_ALLOW
+            | op::MODE_SENSE_6
+            | op::MODE_SENSE_10
+            | op::MODE_SELECT_6
+            | op::MODE_SELECT_10
+            | op::PERSISTENT_RESERVE_IN
+            | op::PERSISTENT_RESERVE_OUT
+            | op::RESERVE_6
+            | op::RESERVE_10
+            | op::RELEASE_6
+            | op::RELEASE_10
+            | op::MAINTENANCE_IN
+    )
 }
 
 fn no_lun(ctx: &Context<'_>, cdb: &[u8; 16]) -> Response {
@@ -528,13 +567,21 @@ impl Exec<'_> {
                 let loej = c[4] & 0x02 != 0;
                 let start = c[4] & 0x01 != 0;
                 let power_condition = c[4] >> 4;
-                if loej && !start && power_condition == 0 && !self.state().prevent.is_empty() {
-                    return Err(Sense::new(
-                        SenseKey::IllegalRequest,
-                        asc::MEDIUM_REMOVAL_PREVENTED,
-                    ));
+                // Power conditions other than START_VALID (0) change nothing
+                // for a virtual disk, and LOEJ only matters for removable media.
+                if loej && power_condition == 0 {
+                    let mut st = self.state();
+                    // Neither eject nor load while someone prevents removal.
+                    if !st.prevent.is_empty() {
+                        return Err(Sense::new(
+                            SenseKey::IllegalRequest,
+                            asc::MEDIUM_REMOVAL_PREVENTED,
+                        ));
+                    }
+                    if self.lu.shared.removable {
+                        st.ejected = !start;
+                    }
                 }
-                // The medium is never removed or stopped: a virtual disk.
                 Ok(Response::good(Vec::new()))
             }
             op::PREVENT_ALLOW => {
@@ -616,10 +663,11 @@ impl Exec<'_> {
             if c[2] != 0 {
                 return Err(Sense::invalid_cdb_at(2, None));
             }
-            return Ok(Response::good(truncated(
-                standard_inquiry(self.dev().is_read_only()),
-                alloc,
-            )));
+            let mut d = standard_inquiry(self.dev().is_read_only());
+            if self.lu.shared.removable {
+                d[1] |= 0x80;
+            }
+            return Ok(Response::good(truncated(d, alloc)));
         }
         let page = c[2];
         let body: Vec<u8> = match page {
