@@ -1,6 +1,6 @@
 //! The tokio driver: accepts TCP connections, runs the login and session cores,
 //! executes SCSI commands on the blocking pool, and writes PDUs. One task per
-//! connection plus one writer task; a semaphore bounds the sessions.
+//! connection; a semaphore bounds the sessions.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -438,15 +438,9 @@ async fn serve(
         max_data: p.max_recv_data_segment as usize,
     };
     let (mut rd, mut wr) = sock.into_split();
-    let (tx_out, mut rx_out) = mpsc::channel::<Vec<u8>>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx_out.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    // Responses are written from this task: no hand-off per batch. While a
+    // write is pending no new PDUs are read, which is the flow control we want.
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, scsi::Response)>();
     let lus = Arc::new(lus);
     let iqn: Arc<str> = target_idx
@@ -494,15 +488,23 @@ async fn serve(
                 let _ = done.send((req.id, r));
             });
         }
-        let mut out = Vec::new();
+        let mut write_err = None;
         while let Some(pdu) = session.poll_transmit() {
             encode_into(&mut out, &pdu, p.header_digest, p.data_digest);
-            if out.len() >= 1 << 20 && tx_out.send(std::mem::take(&mut out)).await.is_err() {
-                break;
+            if out.len() >= 1 << 20 {
+                if let Err(e) = wr.write_all(&out).await {
+                    write_err = Some(e);
+                    break;
+                }
+                out.clear();
             }
         }
-        if !out.is_empty() && tx_out.send(out).await.is_err() {
-            break Err(ConnError::Closed);
+        if write_err.is_none() && !out.is_empty() {
+            write_err = wr.write_all(&out).await.err();
+            out.clear();
+        }
+        if let Some(e) = write_err {
+            break Err(ConnError::Io(e));
         }
         while let Some(ev) = session.poll_event() {
             match ev {
@@ -542,8 +544,7 @@ async fn serve(
             }
         }
     };
-    drop(tx_out);
-    let _ = writer.await;
+    let _ = wr.shutdown().await;
     // I_T nexus loss: SPC-2 reservations and PREVENT state end.
     for l in lus.iter() {
         if let Ok(mut st) = l.shared.state.lock() {
