@@ -25,6 +25,9 @@ use super::Pdu;
 pub const MAX_WRITE_BYTES: u32 = scsi::MAX_TRANSFER_BYTES as u32 + 64 * 1024;
 /// Data-Out bytes a session may hold in buffers before R2Ts wait.
 pub const WRITE_BUDGET: usize = 32 << 20;
+/// Data-In bytes a session's executing commands may produce before further
+/// reads wait for completions.
+pub const READ_BUDGET: usize = 64 << 20;
 
 /// A command for the driver to execute.
 #[derive(Debug)]
@@ -99,6 +102,8 @@ struct Task {
     r2ts: Vec<R2t>,
     next_r2t_offset: u32,
     r2t_sn: u32,
+    /// Data-In budget this command holds while it executes.
+    read_cost: usize,
     /// Whether Data-Out is expected (W bit and a non-zero EDTL).
     write: bool,
     /// Residual flag and count when the CDB and the Expected Data Transfer
@@ -120,6 +125,10 @@ pub struct Session {
     next_ttt: u32,
     next_id: u64,
     buffered: usize,
+    /// Data-In bytes of commands handed out for execution.
+    reading: usize,
+    /// Commands waiting for read budget, in arrival order.
+    deferred: VecDeque<ExecRequest>,
     out: VecDeque<Pdu>,
     exec: VecDeque<ExecRequest>,
     events: VecDeque<Event>,
@@ -147,6 +156,8 @@ impl Session {
             next_ttt: 1,
             next_id: 1,
             buffered: 0,
+            reading: 0,
+            deferred: VecDeque::new(),
             out: VecDeque::new(),
             exec: VecDeque::new(),
             events: VecDeque::new(),
@@ -428,6 +439,7 @@ impl Session {
             r2ts: Vec::new(),
             next_r2t_offset: 0,
             r2t_sn: 0,
+            read_cost: 0,
             write: write && edtl > 0,
             residual: None,
             refuse: false,
@@ -543,12 +555,46 @@ impl Session {
         }
         task.state = TaskState::Executing;
         let data = std::mem::take(&mut task.data);
-        self.exec.push_back(ExecRequest {
+        if task.read {
+            task.read_cost = (task.edtl as usize).min(scsi::MAX_TRANSFER_BYTES as usize);
+        }
+        let cost = task.read_cost;
+        let req = ExecRequest {
             id: task.id,
             lun: task.lun,
             cdb: task.cdb,
             data,
-        });
+        };
+        if cost > 0 && (self.reading + cost > READ_BUDGET || !self.deferred.is_empty()) {
+            self.deferred.push_back(req);
+        } else {
+            self.reading += cost;
+            self.exec.push_back(req);
+        }
+    }
+
+    /// Hands deferred commands out as the read budget allows (FIFO).
+    fn run_deferred(&mut self) {
+        while let Some(req) = self.deferred.front() {
+            let cost = self
+                .tasks
+                .values()
+                .find(|t| t.id == req.id)
+                .map(|t| t.read_cost);
+            match cost {
+                // Aborted while waiting.
+                None => {
+                    self.deferred.pop_front();
+                }
+                Some(c) if self.reading == 0 || self.reading + c <= READ_BUDGET => {
+                    self.reading += c;
+                    if let Some(r) = self.deferred.pop_front() {
+                        self.exec.push_back(r);
+                    }
+                }
+                Some(_) => break,
+            }
+        }
     }
 
     fn release(&mut self, t: Option<Task>) {
@@ -558,6 +604,9 @@ impl Session {
             }
             let held = (t.next_r2t_offset as usize).max(t.data.len());
             self.buffered = self.buffered.saturating_sub(held);
+            if t.state == TaskState::Executing && !self.deferred.iter().any(|d| d.id == t.id) {
+                self.reading = self.reading.saturating_sub(t.read_cost);
+            }
         }
     }
 
@@ -652,6 +701,7 @@ impl Session {
         let (lun, edtl, read, res) = (t.lun, t.edtl, t.read, t.residual);
         self.release(Some(t));
         self.send_response(itt, lun, resp, edtl, read, res);
+        self.run_deferred();
         // Freed budget may let other tasks' R2Ts go out.
         let waiting: Vec<u32> = self
             .tasks
@@ -748,6 +798,7 @@ impl Session {
             let t = self.tasks.remove(itt);
             self.release(t);
         }
+        self.run_deferred();
         itts.len()
     }
 

@@ -449,3 +449,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reads_wait_for_the_read_budget() {
+    let mut s = Session::new(Setup {
+        queue_depth: 64,
+        ..setup(params()).s
+    });
+    let now = Instant::now();
+    // Eleven 8 MiB reads: eight fit in the 64 MiB budget, three wait.
+    for i in 0..11u32 {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x88;
+        cdb[10..14].copy_from_slice(&16384u32.to_be_bytes());
+        s.handle(
+            now,
+            scsi(i, 10 + i, flags::FINAL | flags::READ, 8 << 20, &cdb, &[]),
+        );
+    }
+    let first: Vec<_> = std::iter::from_fn(|| s.poll_exec()).collect();
+    assert_eq!(first.len(), 8);
+    s.complete(first[0].id, Response::good(vec![0u8; 8 << 20]));
+    let more: Vec<_> = std::iter::from_fn(|| s.poll_exec()).collect();
+    assert_eq!(more.len(), 1, "one finished, one more starts");
+    // Aborting everything releases the budget and drops the waiting ones.
+    let tmf = pdu(Opcode::TaskMgmtRequest, true, flags::FINAL | 2, 99, &[]);
+    s.handle(now, tmf);
+    assert_eq!(s.tasks_in_flight(), 0);
+    assert!(s.poll_exec().is_none());
+}
