@@ -272,6 +272,65 @@ async fn read_pdu(
     }
 }
 
+/// PDUs waiting to be written: headers and small payloads are copied into one
+/// staging buffer, large payloads stay the `Bytes` the core made (no copy)
+/// and go out with one vectored write.
+#[derive(Debug, Default)]
+struct Outbox {
+    segs: std::collections::VecDeque<bytes::Bytes>,
+    staging: BytesMut,
+    len: usize,
+}
+
+impl Outbox {
+    fn push(&mut self, p: &Pdu, hd: bool, dd: bool) {
+        let (head, data, tail) = p.encode(hd, dd);
+        self.len += head.len() + data.len() + tail.len();
+        self.staging.extend_from_slice(&head);
+        if data.len() <= 16 * 1024 {
+            self.staging.extend_from_slice(&data);
+        } else {
+            let staged = self.staging.split().freeze();
+            self.segs.push_back(staged);
+            self.segs.push_back(data);
+        }
+        self.staging.extend_from_slice(&tail);
+    }
+
+    async fn flush(&mut self, w: &mut (impl AsyncWriteExt + Unpin)) -> std::io::Result<()> {
+        if !self.staging.is_empty() {
+            let staged = self.staging.split().freeze();
+            self.segs.push_back(staged);
+        }
+        while !self.segs.is_empty() {
+            let slices: Vec<std::io::IoSlice<'_>> = self
+                .segs
+                .iter()
+                .take(64)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            let mut n = w.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let Some(front) = self.segs.front_mut() else {
+                    break;
+                };
+                if n >= front.len() {
+                    n -= front.len();
+                    self.segs.pop_front();
+                } else {
+                    let _ = front.split_to(n);
+                    n = 0;
+                }
+            }
+        }
+        self.len = 0;
+        Ok(())
+    }
+}
+
 fn encode_into(out: &mut Vec<u8>, p: &Pdu, hd: bool, dd: bool) {
     let (h, d, t) = p.encode(hd, dd);
     out.extend_from_slice(&h);
@@ -440,7 +499,7 @@ async fn serve(
     let (mut rd, mut wr) = sock.into_split();
     // Responses are written from this task: no hand-off per batch. While a
     // write is pending no new PDUs are read, which is the flow control we want.
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut out = Outbox::default();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, scsi::Response)>();
     let lus = Arc::new(lus);
     let iqn: Arc<str> = target_idx
@@ -490,18 +549,16 @@ async fn serve(
         }
         let mut write_err = None;
         while let Some(pdu) = session.poll_transmit() {
-            encode_into(&mut out, &pdu, p.header_digest, p.data_digest);
-            if out.len() >= 1 << 20 {
-                if let Err(e) = wr.write_all(&out).await {
+            out.push(&pdu, p.header_digest, p.data_digest);
+            if out.len >= 4 << 20 {
+                if let Err(e) = out.flush(&mut wr).await {
                     write_err = Some(e);
                     break;
                 }
-                out.clear();
             }
         }
-        if write_err.is_none() && !out.is_empty() {
-            write_err = wr.write_all(&out).await.err();
-            out.clear();
+        if write_err.is_none() {
+            write_err = out.flush(&mut wr).await.err();
         }
         if let Some(e) = write_err {
             break Err(ConnError::Io(e));
