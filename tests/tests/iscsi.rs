@@ -365,7 +365,10 @@ path = "@DIR@/lun0.raw"
     );
     let no = run(Command::new(&ls).arg(format!("iscsi://{}", t.addr)));
     let text = String::from_utf8_lossy(&no.stdout);
-    assert!(!no.status.success() || !text.contains("Target:"), "discovery without CHAP: {text}");
+    assert!(
+        !no.status.success() || !text.contains("Target:"),
+        "discovery without CHAP: {text}"
+    );
     let out = run_ok(Command::new(&ls).arg(format!("iscsi://disc%discovery-secret-1@{}", t.addr)));
     assert!(out.contains(&format!("Target:{IQN} ")), "{out}");
     t.daemon.stop();
@@ -396,14 +399,132 @@ fn concurrent_sessions_write_and_read_their_own_regions() {
     for ch in children {
         let out = ch.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && !text.contains("Pattern verification failed"), "{text}");
+        assert!(
+            out.status.success() && !text.contains("Pattern verification failed"),
+            "{text}"
+        );
         assert!(text.contains("read 4194304/4194304"), "{text}");
     }
     let img = std::fs::read(t.dir.path().join("lun0.raw")).unwrap();
     for i in 0..4usize {
         let off = i * (8 << 20);
-        assert!(img[off..off + (4 << 20)].iter().all(|&b| b == 0x10 + i as u8), "region {i}");
+        assert!(
+            img[off..off + (4 << 20)]
+                .iter()
+                .all(|&b| b == 0x10 + i as u8),
+            "region {i}"
+        );
     }
+    t.daemon.stop();
+}
+
+/// iPXE, unchanged (Debian's ipxe.lkrn under QEMU/TCG, user networking to the
+/// host's loopback): MD5 CHAP, no digests, InitialR2T=Yes, ImmediateData=No.
+/// It hooks the LUN as a SAN disk (login, REPORT LUNS, READ CAPACITY, reads).
+#[test]
+fn ipxe_sanhook_with_md5_chap() {
+    use std::io::BufRead;
+    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
+    let lkrn = Path::new("/usr/lib/ipxe/ipxe.lkrn");
+    assert!(
+        lkrn.exists(),
+        "MISSING: /usr/lib/ipxe/ipxe.lkrn (Debian package ipxe)"
+    );
+    let port = free_tcp_port();
+    let t = {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), "disk.raw", 16 << 20);
+        let cfg = dir.path().join("site.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[iscsi]\nlisten = [\"127.0.0.1:{port}\"]\n[[iscsi.target]]\niqn = \"{IQN}\"\n\
+                 [iscsi.target.chap]\nuser = \"pxe\"\nsecret = \"pxe-secret-12\"\n\
+                 [[iscsi.target.lun]]\nlun = 0\npath = \"{}\"\n",
+                img.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(bin("anyboot-iscsi-target"));
+        cmd.arg("--config").arg(&cfg);
+        let daemon = Daemon::spawn(
+            "anyboot-iscsi-target",
+            &mut cmd,
+            &dir.path().join("target.log"),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for_tcp(addr, Duration::from_secs(10));
+        Target { daemon, addr, dir }
+    };
+    let script = t.dir.path().join("boot.ipxe");
+    std::fs::write(
+        &script,
+        format!(
+            "#!ipxe\ndhcp\nset username pxe\nset password pxe-secret-12\n\
+             sanhook --drive 0x81 iscsi:10.0.2.2::{port}::{IQN} || goto failed\n\
+             echo ANYBOOT-SANHOOK-OK\nsanunhook --drive 0x81\nexit\n\
+             :failed\necho ANYBOOT-SANHOOK-FAILED\nexit\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(qemu)
+        .args(["-nographic", "-m", "256", "-no-reboot", "-kernel"])
+        .arg(lkrn)
+        .arg("-initrd")
+        .arg(&script)
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            if tx
+                .send(String::from_utf8_lossy(&line).replace('\r', ""))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut console = String::new();
+    let mut verdict = None;
+    while verdict.is_none() && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            console += &l;
+            console.push('\n');
+            if l.contains("ANYBOOT-SANHOOK-OK") {
+                verdict = Some(true);
+            } else if l.contains("ANYBOOT-SANHOOK-FAILED") {
+                verdict = Some(false);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(verdict, Some(true), "iPXE console:\n{console}");
+    assert!(console.contains("Registered SAN device 0x81"), "{console}");
+    let log = t.daemon.log();
+    assert!(
+        log.contains("iqn.2010-04.org.ipxe"),
+        "iPXE's initiator name in the log: {log}"
+    );
+    assert!(
+        log.contains("initial_r2t: true") && log.contains("immediate_data: false"),
+        "{log}"
+    );
     t.daemon.stop();
 }
 
