@@ -220,6 +220,12 @@ async fn accept_loop(
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
+                // Dead peers that ignore NOP-In pings (iPXE) are found by TCP.
+                let ka = socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(60))
+                    .with_interval(Duration::from_secs(10))
+                    .with_retries(6);
+                let _ = socket2::SockRef::from(&sock).set_tcp_keepalive(&ka);
                 let shared = shared.clone();
                 let stop = stop.clone();
                 let span = info_span!(

@@ -617,7 +617,11 @@ impl Login {
             "IFMarker" | "OFMarker" => "No".to_owned(),
             "OFMarkInt" | "IFMarkInt" => "Irrelevant".to_owned(),
             "TaskReporting" => "RFC3720".to_owned(),
-            "iSCSIProtocolLevel" => "1".to_owned(),
+            // RFC 7144: result function Min; we implement level 1 (RFC 7143).
+            "iSCSIProtocolLevel" => match num(value, 0, 31) {
+                Some(n) => n.min(1).to_string(),
+                None => "Reject".to_owned(),
+            },
             _ if key.starts_with("X-") || key.starts_with("X#") => "NotUnderstood".to_owned(),
             _ => "NotUnderstood".to_owned(),
         })

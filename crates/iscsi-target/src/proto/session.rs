@@ -134,6 +134,8 @@ pub struct Session {
     events: VecDeque<Event>,
     last_rx: Option<Instant>,
     ping: Option<(u32, Instant)>,
+    /// The initiator answered at least one of our pings.
+    answers_pings: bool,
     closing: bool,
 }
 
@@ -163,6 +165,7 @@ impl Session {
             events: VecDeque::new(),
             last_rx: None,
             ping: None,
+            answers_pings: false,
             closing: false,
         }
     }
@@ -203,7 +206,9 @@ impl Session {
         self.tasks.len()
     }
 
-    /// Keepalive: pings after silence, gives up on a peer that does not answer.
+    /// Keepalive: pings after silence, gives up on a peer that answered pings
+    /// before and stopped. Initiators that never answer (iPXE ignores NOP-In
+    /// pings) are left to TCP keepalive instead of being cut off when idle.
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(iv) = self.s.nop_interval else {
             return;
@@ -212,9 +217,14 @@ impl Session {
             self.last_rx = Some(now);
         }
         match self.ping {
-            Some((_, sent)) if now >= sent + iv => {
+            Some((_, sent)) if now >= sent + iv && self.answers_pings => {
                 warn!("initiator did not answer a NOP-In ping; closing");
                 self.close();
+            }
+            Some((_, sent)) if now >= sent + iv => {
+                // Never answered one: stop asking until it talks again.
+                self.ping = None;
+                self.last_rx = Some(now + Duration::from_secs(3600));
             }
             Some(_) => {}
             None => {
@@ -356,6 +366,7 @@ impl Session {
             if let Some((ttt, _)) = self.ping {
                 if b.ttt() == ttt {
                     self.ping = None;
+                    self.answers_pings = true;
                 }
             }
             return;

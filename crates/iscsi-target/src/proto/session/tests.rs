@@ -344,11 +344,29 @@ fn nop_ping_both_ways_and_dead_peer() {
     pong.bhs_mut().set_word20(ttt);
     s.handle(t0 + Duration::from_secs(31), pong);
     assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(61)));
-    // A ping left unanswered closes the session.
+    // A ping left unanswered by a peer that used to answer closes the session.
     s.handle_timeout(t0 + Duration::from_secs(61));
     let _ = drain(&mut s);
     s.handle_timeout(t0 + Duration::from_secs(91));
     assert_eq!(s.poll_event(), Some(Event::Close));
+}
+
+#[test]
+fn initiators_that_never_answer_pings_are_not_cut_off() {
+    let mut s = setup(params());
+    let t0 = Instant::now();
+    s.handle_timeout(t0);
+    s.handle_timeout(t0 + Duration::from_secs(30));
+    assert_eq!(drain(&mut s)[0].bhs().opcode(), Opcode::NopIn);
+    s.handle_timeout(t0 + Duration::from_secs(60));
+    s.handle_timeout(t0 + Duration::from_secs(600));
+    assert_eq!(s.poll_event(), None, "iPXE ignores NOP-In pings");
+    // Once it talks again, pinging resumes after the interval.
+    s.handle(
+        t0 + Duration::from_secs(700),
+        scsi(1, 10, flags::FINAL, 0, &[0, 0, 0, 0, 0, 0], &[]),
+    );
+    assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(730)));
 }
 
 #[test]
