@@ -58,6 +58,34 @@ fn perf(url: &str, args: &[&str]) -> Result<(f64, f64)> {
     Ok((iops, mbs))
 }
 
+/// Runs `qemu-img bench` (QEMU's libiscsi block driver); returns (IOPS, MB/s).
+fn qemu_bench(url: &str, write: bool, count: u32, size: u32, depth: u32) -> Result<(f64, f64)> {
+    let mut cmd = Command::new(require("qemu-img", "qemu-utils"));
+    cmd.args([
+        "bench",
+        "-f",
+        "raw",
+        "-c",
+        &count.to_string(),
+        "-d",
+        &depth.to_string(),
+    ])
+    .args(["-s", &size.to_string(), "-S", &size.to_string()]);
+    if write {
+        cmd.arg("-w");
+    }
+    let out = run_ok(cmd.arg(url));
+    // "Run completed in 1.234 seconds."
+    let secs: f64 = out
+        .split("Run completed in ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .with_context(|| format!("no qemu-img bench result for {url}:\n{out}"))?
+        .parse()?;
+    let iops = count as f64 / secs;
+    Ok((iops, iops * size as f64 / 1e6))
+}
+
 fn start_ours(img: &Path, dir: &Path) -> Result<(Daemon, SocketAddr)> {
     let port = free_tcp_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -155,9 +183,34 @@ fn main() -> Result<()> {
     ];
     let mut iops_rows = Vec::new();
     let mut mbs_rows = Vec::new();
+    let mut results = Vec::new();
     for (name, args) in workloads {
-        // Alternate who goes first so neither always gets the warm cache.
-        let (o, p) = (perf(&our_url, args)?, perf(&peer_url, args)?);
+        results.push((
+            name.to_string(),
+            perf(&our_url, args)?,
+            perf(&peer_url, args)?,
+        ));
+    }
+    // Writes through QEMU's iSCSI driver (iscsi-perf only reads).
+    for (name, count, size, depth) in [
+        (
+            "4 KiB sequential write, 32 in flight (qemu-img bench)",
+            40_000u32,
+            4096u32,
+            32u32,
+        ),
+        (
+            "128 KiB sequential write, 16 in flight (qemu-img bench)",
+            8_000,
+            128 << 10,
+            16,
+        ),
+    ] {
+        let o = qemu_bench(&our_url, true, count, size, depth)?;
+        let p = qemu_bench(&peer_url, true, count, size, depth)?;
+        results.push((name.to_string(), o, p));
+    }
+    for (name, o, p) in results {
         eprintln!("{name}: anyboot {o:?}, tgtd {p:?}");
         iops_rows.push(Row {
             workload: name.to_string(),
