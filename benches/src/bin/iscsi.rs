@@ -1,5 +1,5 @@
-//! iSCSI throughput: libiscsi's `iscsi-perf` against anyboot-iscsi-target and
-//! tgtd (the peer), both serving the same RAM-backed (tmpfs) image, side by side
+//! iSCSI throughput: libiscsi's `iscsi-perf` (reads) and `qemu-img bench` (writes)
+//! against anyboot-iscsi-target and tgtd (the peer), both serving the same RAM-backed (tmpfs) image, side by side
 //! in one run. Run with `cargo xtask bench iscsi` (release build).
 //!
 //! Workloads are short (a few seconds each) because the machine is shared;
@@ -224,7 +224,7 @@ fn main() -> Result<()> {
     print!(
         "{}",
         table(
-            "iSCSI iscsi-perf, RAM-backed LUN (tmpfs), loopback",
+            "iSCSI, RAM-backed LUN (tmpfs), loopback: iscsi-perf reads, qemu-img bench writes",
             "IOPS",
             &iops_rows
         )
@@ -232,7 +232,7 @@ fn main() -> Result<()> {
     print!(
         "{}",
         table(
-            "iSCSI iscsi-perf, RAM-backed LUN (tmpfs), loopback",
+            "iSCSI, RAM-backed LUN (tmpfs), loopback: iscsi-perf reads, qemu-img bench writes",
             "MB/s",
             &mbs_rows
         )
