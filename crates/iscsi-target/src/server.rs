@@ -38,6 +38,8 @@ struct LunRuntime {
     backing: Backing,
     /// Opened once for shared images and given devices.
     shared_device: Option<Arc<dyn BlockDevice>>,
+    /// Keeps a shared image attached for the server's lifetime.
+    _attachment: Option<Attachment>,
     state: Arc<LuShared>,
 }
 
@@ -80,21 +82,22 @@ impl Server {
         for t in &config.targets {
             let mut luns = Vec::new();
             for l in &t.luns {
-                let shared_device = match &l.backing {
-                    Backing::Device(d) => Some(d.clone()),
+                let (shared_device, attachment) = match &l.backing {
+                    Backing::Device(d) => (Some(d.clone()), None),
                     Backing::Disk(spec) if spec.mode == DiskMode::Shared => {
                         let a = Attachment::open(spec, "").map_err(|e| Error::Image {
                             what: format!("{} LUN {} ({})", t.iqn, l.lun, spec.image.display()),
                             source: e,
                         })?;
-                        Some(a.device().clone())
+                        (Some(a.device().clone()), Some(a))
                     }
-                    Backing::Disk(_) => None,
+                    Backing::Disk(_) => (None, None),
                 };
                 luns.push(LunRuntime {
                     lun: l.lun,
                     backing: l.backing.clone(),
                     shared_device,
+                    _attachment: attachment,
                     state: Arc::new(LuShared {
                         id: stable_id(&t.iqn, l.lun),
                         removable: l.removable,
@@ -406,8 +409,22 @@ async fn serve(
     span.record("initiator", est.initiator.as_str());
     span.record("tsih", est.tsih);
 
-    // Attach the LUs (per-initiator overlays open here).
+    // Session reinstatement: a new login of the same I_T nexus ends the old
+    // one, before the overlays are attached (a persistent overlay may be held
+    // open by the old session until it is gone).
+    let (kill_tx, mut kill_rx) = watch::channel(false);
+    if matches!(est.kind, SessionKind::Normal(_)) {
+        if let Ok(mut live) = shared.live.lock() {
+            if let Some((_, old)) = live.insert(nexus.clone(), (est.tsih, kill_tx)) {
+                let _ = old.send(true);
+            }
+        }
+    }
+
+    // Attach the LUs (per-initiator overlays open here and stay attached,
+    // through `attachments`, until the session ends).
     let mut lus: Vec<Lu> = Vec::new();
+    let mut attachments: Vec<Attachment> = Vec::new();
     let mut target_idx = None;
     if let SessionKind::Normal(i) = est.kind {
         target_idx = Some(i);
@@ -415,15 +432,29 @@ async fn serve(
             let dev = match (&l.shared_device, &l.backing) {
                 (Some(d), _) => Ok(d.clone()),
                 (None, Backing::Disk(spec)) => {
-                    let spec = spec.clone();
-                    let who = est.initiator.clone();
-                    tokio::task::spawn_blocking(move || {
-                        Attachment::open(&spec, &who).map(|a| a.device().clone())
-                    })
-                    .await
-                    .unwrap_or(Err(anyboot_images::Error::Unsupported(
-                        "attach task failed",
-                    )))
+                    let mut tries = 0;
+                    loop {
+                        let spec2 = spec.clone();
+                        let who = est.initiator.clone();
+                        let r = tokio::task::spawn_blocking(move || Attachment::open(&spec2, &who))
+                            .await
+                            .unwrap_or(Err(anyboot_images::Error::Unsupported(
+                                "attach task failed",
+                            )));
+                        match r {
+                            // The reinstated session may still be closing.
+                            Err(anyboot_images::Error::Locked(_)) if tries < 10 => {
+                                tries += 1;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Ok(a) => {
+                                let d = a.device().clone();
+                                attachments.push(a);
+                                break Ok(d);
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
                 }
                 (None, Backing::Device(d)) => Ok(d.clone()),
             };
@@ -435,6 +466,7 @@ async fn serve(
                 }),
                 Err(e) => {
                     warn!(lun = l.lun, error = %e, "cannot attach the LUN; login refused");
+                    forget_live(&shared, &nexus, est.tsih);
                     // Turn the final response into "target error: service unavailable".
                     let mut b = resp.bhs_mut();
                     b.set_flags(0x04);
@@ -458,16 +490,6 @@ async fn serve(
         sock.write_all(&out).await?;
     }
     info!(kind = ?est.kind, params = ?est.params, "logged in");
-
-    // Session reinstatement: a new login of the same I_T nexus ends the old one.
-    let (kill_tx, mut kill_rx) = watch::channel(false);
-    if target_idx.is_some() {
-        if let Ok(mut live) = shared.live.lock() {
-            if let Some((_, old)) = live.insert(nexus.clone(), (est.tsih, kill_tx)) {
-                let _ = old.send(true);
-            }
-        }
-    }
 
     let portal = match local {
         SocketAddr::V4(a) => format!("{}:{},1", a.ip(), a.port()),
@@ -614,11 +636,9 @@ async fn serve(
             st.nexus_lost(&nexus);
         }
     }
-    if let Ok(mut live) = shared.live.lock() {
-        if live.get(&nexus).is_some_and(|(t, _)| *t == est.tsih) {
-            live.remove(&nexus);
-        }
-    }
+    forget_live(&shared, &nexus, est.tsih);
+    // Ends per-initiator attachments (a throwaway overlay is discarded here).
+    drop(attachments);
     info!("session closed");
     result
 }
@@ -639,6 +659,15 @@ fn inline_ok(req: &crate::proto::session::ExecRequest) -> bool {
         | op::WRITE_16 => RwCdb::parse(&req.cdb).is_ok_and(|r| !r.fua && r.blocks <= 256),
         op::TEST_UNIT_READY | op::INQUIRY | op::READ_CAPACITY_10 | op::REPORT_LUNS => true,
         _ => false,
+    }
+}
+
+/// Removes this session from the live-session map unless a newer one took it.
+fn forget_live(shared: &Shared, nexus: &str, tsih: u16) {
+    if let Ok(mut live) = shared.live.lock() {
+        if live.get(nexus).is_some_and(|(t, _)| *t == tsih) {
+            live.remove(nexus);
+        }
     }
 }
 
