@@ -23,6 +23,8 @@ use super::Pdu;
 
 /// Largest write (Expected Data Transfer Length) one command may carry.
 pub const MAX_WRITE_BYTES: u32 = scsi::MAX_TRANSFER_BYTES as u32 + 64 * 1024;
+/// Longest Text (SendTargets) answer, across continuation PDUs.
+pub const MAX_TEXT_ANSWER: usize = 1 << 20;
 /// Data-Out bytes a session may hold in buffers before R2Ts wait.
 pub const WRITE_BUDGET: usize = 32 << 20;
 /// Data-In bytes a session's executing commands may produce before further
@@ -136,6 +138,8 @@ pub struct Session {
     ping: Option<(u32, Instant)>,
     /// The initiator answered at least one of our pings.
     answers_pings: bool,
+    /// The rest of a Text answer longer than one PDU, and its TTT.
+    text_pending: Option<(u32, Bytes)>,
     closing: bool,
 }
 
@@ -166,6 +170,7 @@ impl Session {
             last_rx: None,
             ping: None,
             answers_pings: false,
+            text_pending: None,
             closing: false,
         }
     }
@@ -884,6 +889,17 @@ impl Session {
         if !self.accept_cmd_sn(b.immediate(), b.cmd_sn()) {
             return;
         }
+        // The initiator asks for the next part of a long answer (RFC 7143
+        // section 11.10.4: empty Text Request carrying our TTT).
+        if b.ttt() != RESERVED_TAG {
+            match self.text_pending.take() {
+                Some((ttt, rest)) if ttt == b.ttt() => self.send_text(itt, rest),
+                _ => self.reject(0x09, &pdu.bhs),
+            }
+            return;
+        }
+        // A new request abandons an unfinished answer.
+        self.text_pending = None;
         let mut out = Vec::new();
         match iscsi::parse_text(&pdu.data) {
             Ok(keys) => {
@@ -911,22 +927,35 @@ impl Session {
                 return;
             }
         }
-        // Continuation (C bit) is not implemented: keep to one PDU.
-        let max = self.s.params.max_send_data_segment as usize;
-        if out.len() > max {
+        if out.len() > MAX_TEXT_ANSWER {
             warn!(
                 len = out.len(),
-                max, "SendTargets answer truncated to one PDU"
+                "text answer cut to {MAX_TEXT_ANSWER} bytes"
             );
-            let cut = out[..max]
+            let cut = out[..MAX_TEXT_ANSWER]
                 .iter()
                 .rposition(|&c| c == 0)
                 .map_or(0, |i| i + 1);
             out.truncate(cut);
         }
+        self.send_text(itt, out.into());
+    }
+
+    /// Sends one Text Response; what does not fit in the initiator's
+    /// MaxRecvDataSegmentLength waits (C bit set, a TTT to ask for the rest).
+    fn send_text(&mut self, itt: u32, data: Bytes) {
+        let max = self.s.params.max_send_data_segment.max(512) as usize;
         let mut p = self.header(Opcode::TextResponse, flags::FINAL, itt);
-        p.bhs_mut().set_word20(RESERVED_TAG);
-        p.data = out.into();
+        if data.len() > max {
+            let ttt = self.alloc_ttt();
+            p.bhs_mut().set_flags(flags::CONTINUE);
+            p.bhs_mut().set_word20(ttt);
+            p.data = data.slice(..max);
+            self.text_pending = Some((ttt, data.slice(max..)));
+        } else {
+            p.bhs_mut().set_word20(RESERVED_TAG);
+            p.data = data;
+        }
         self.push_sn(p, true);
     }
 

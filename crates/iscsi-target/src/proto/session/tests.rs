@@ -496,3 +496,51 @@ fn reads_wait_for_the_read_budget() {
     assert_eq!(s.tasks_in_flight(), 0);
     assert!(s.poll_exec().is_none());
 }
+
+#[test]
+fn long_send_targets_answer_continues_over_several_pdus() {
+    let mut setup_ = setup(Params {
+        max_send_data_segment: 512,
+        ..params()
+    })
+    .s;
+    setup_.kind = SessionKind::Discovery;
+    setup_.visible = (0..40)
+        .map(|i| {
+            (
+                format!("iqn.2026-11.org.anyboot:host{i:03}"),
+                "10.0.0.1:3260,1".to_owned(),
+            )
+        })
+        .collect();
+    let mut s = Session::new(setup_);
+    let now = Instant::now();
+    let mut t = Vec::new();
+    iscsi::emit_text(&mut t, "SendTargets", "All");
+    let mut req = pdu(Opcode::TextRequest, false, flags::FINAL, 3, &t);
+    req.bhs_mut().set_word20(RESERVED_TAG);
+    req.bhs_mut().set_word24(10);
+    s.handle(now, req);
+    let mut all = Vec::new();
+    let mut sn = 11;
+    loop {
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1);
+        let b = out[0].bhs();
+        assert!(out[0].data.len() <= 512);
+        all.extend_from_slice(&out[0].data);
+        if b.flags() & flags::FINAL != 0 {
+            assert_eq!(b.word20(), RESERVED_TAG);
+            break;
+        }
+        assert_eq!(b.flags(), flags::CONTINUE);
+        let mut next = pdu(Opcode::TextRequest, false, flags::FINAL, 3, &[]);
+        next.bhs_mut().set_word20(b.word20());
+        next.bhs_mut().set_word24(sn);
+        sn += 1;
+        s.handle(now, next);
+    }
+    let kv = iscsi::parse_text(&all).unwrap();
+    assert_eq!(kv.len(), 80);
+    assert_eq!(kv[78], ("TargetName", "iqn.2026-11.org.anyboot:host039"));
+}
