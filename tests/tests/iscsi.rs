@@ -528,6 +528,35 @@ fn ipxe_sanhook_with_md5_chap() {
     t.daemon.stop();
 }
 
+/// A read-only LUN (`--lun N=PATH,ro`): the suite's ReadOnly family checks
+/// that every writing command fails with DATA PROTECT and the WP bit is set.
+#[test]
+fn read_only_lun_passes_the_read_only_family() {
+    let cu = require("iscsi-test-cu", "libiscsi-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "ro.raw", 16 << 20);
+    let port = free_tcp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new(bin("anyboot-iscsi-target"));
+    cmd.arg("--listen")
+        .arg(addr.to_string())
+        .args(["--target", IQN, "--lun"])
+        .arg(format!("0={},ro", img.display()));
+    let daemon = Daemon::spawn(
+        "anyboot-iscsi-target",
+        &mut cmd,
+        &dir.path().join("target.log"),
+    );
+    wait_for_tcp(addr, Duration::from_secs(10));
+    let out =
+        run(Command::new(&cu).args(["-d", "-v", "-t", "ALL.ReadOnly", &url(addr, "", IQN, 0)]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let res = parse_cu(&text);
+    assert_eq!(res.len(), 1, "{text}");
+    assert!(res.values().all(|o| *o == Outcome::Passed), "{text}");
+    daemon.stop();
+}
+
 /// One test's outcome in `iscsi-test-cu -v` output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {

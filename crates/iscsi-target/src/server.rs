@@ -514,6 +514,11 @@ async fn serve(
         stat_sn: est.stat_sn,
         queue_depth: cfg.queue_depth,
         luns: lus.iter().map(|l| (l.lun, l.device.block_size())).collect(),
+        read_only_luns: lus
+            .iter()
+            .filter(|l| l.device.is_read_only())
+            .map(|l| l.lun)
+            .collect(),
         visible,
         own_target: target_idx.map(|i| shared.auth[i].iqn.clone()),
         nop_interval: cfg.nop_interval,

@@ -63,6 +63,9 @@ pub struct Setup {
     pub queue_depth: u32,
     /// LUN -> logical block size, for write residual checks.
     pub luns: Vec<(u16, u32)>,
+    /// Write-protected LUNs: block writes are refused with DATA PROTECT
+    /// before any Data-Out size check.
+    pub read_only_luns: Vec<u16>,
     /// `TargetName`/`TargetAddress` pairs this initiator may see (SendTargets).
     pub visible: Vec<(String, String)>,
     /// This session's target, for `SendTargets=` without a value.
@@ -111,8 +114,10 @@ struct Task {
     /// Residual flag and count when the CDB and the Expected Data Transfer
     /// Length disagree about the Data-Out size.
     residual: Option<(u8, u32)>,
-    /// The disagreement is fatal for this command (WRITE SAME, COMPARE AND WRITE).
-    refuse: bool,
+    /// Answer with this sense instead of executing, once the Data-Out is in
+    /// (write protection, or a Data-Out size WRITE SAME / COMPARE AND WRITE
+    /// cannot work with).
+    refuse: Option<Sense>,
 }
 
 /// The full-feature-phase state machine of one connection.
@@ -458,7 +463,7 @@ impl Session {
             read_cost: 0,
             write: write && edtl > 0,
             residual: None,
-            refuse: false,
+            refuse: None,
         };
         if write && edtl > 0 {
             if edtl > MAX_WRITE_BYTES {
@@ -485,15 +490,22 @@ impl Session {
         if let Some(bs) = self.block_size(lun) {
             if let Some((need, strict)) = scsi::data_out_len(&cdb, bs) {
                 let sent = if write { edtl as u64 } else { 0 };
+                let bad_size = Some(Sense::invalid_cdb());
                 if need > sent {
                     task.residual = Some((flags::OVERFLOW, (need - sent) as u32));
                     // A plain write covers only the blocks the initiator sends
                     // (RFC 7143 section 11.4.5.2: the residual says what was not).
-                    task.refuse =
-                        strict || !scsi::truncate_transfer(&mut task.cdb, sent / bs as u64);
+                    if strict || !scsi::truncate_transfer(&mut task.cdb, sent / bs as u64) {
+                        task.refuse = bad_size;
+                    }
                 } else if need < sent {
                     task.residual = Some((flags::UNDERFLOW, (sent - need) as u32));
-                    task.refuse = strict;
+                    if strict {
+                        task.refuse = bad_size;
+                    }
+                }
+                if self.s.read_only_luns.contains(&lun) {
+                    task.refuse = Some(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED));
                 }
             }
         }
@@ -559,10 +571,9 @@ impl Session {
         let Some(task) = self.tasks.get_mut(&itt) else {
             return;
         };
-        if task.refuse {
-            // The Data-Out size contradicts the CDB where that cannot be
-            // resolved by writing less: refuse before touching the medium.
-            let r = Response::check(Sense::invalid_cdb(), false);
+        if let Some(sense) = task.refuse {
+            // Refused before touching the medium.
+            let r = Response::check(sense, false);
             let (lun, edtl, read, res) = (task.lun, task.edtl, task.read, task.residual);
             let t = self.tasks.remove(&itt);
             self.release(t);

@@ -13,6 +13,7 @@ fn setup(params: Params) -> Session {
         stat_sn: 100,
         queue_depth: 4,
         luns: vec![(0, 512)],
+        read_only_luns: vec![],
         visible: vec![
             (
                 "iqn.2026-11.org.anyboot:a".into(),
