@@ -618,12 +618,17 @@ impl Exec<'_> {
                 if scope != 0 && matches!(c[1] & 0x1f, 1 | 2 | 4 | 5) {
                     return Err(Sense::invalid_cdb_at(2, Some(7)));
                 }
-                let o = self.state().reservations.pr_out(
-                    self.ctx.nexus,
-                    c[1] & 0x1f,
-                    c[2] & 0x0f,
-                    params,
-                );
+                let mut st = self.state();
+                let o = st
+                    .reservations
+                    .pr_out(self.ctx.nexus, c[1] & 0x1f, c[2] & 0x0f, params);
+                // Registrants that lost their registration or reservation
+                // learn it through a unit attention (SPC-4 5.7.10, 5.7.11).
+                let owed = std::mem::take(&mut st.reservations.owed_ua);
+                for (n, code) in owed {
+                    st.unit_attention.insert(n, code);
+                }
+                drop(st);
                 pr_response(o)
             }
             op::RESERVE_6 | op::RESERVE_10 => {

@@ -53,6 +53,9 @@ pub struct Reservations {
     persistent: Option<Reservation>,
     /// SPC-2 RESERVE(6/10) holder.
     legacy: Option<Nexus>,
+    /// Unit attentions the last PERSISTENT RESERVE OUT owes other nexuses
+    /// (SPC-4 5.7.11/5.7.10.4); the caller moves them to the LU state.
+    pub owed_ua: Vec<(Nexus, (u8, u8))>,
 }
 
 /// The outcome of a reservation command: GOOD, RESERVATION CONFLICT or a sense.
@@ -299,6 +302,11 @@ impl Reservations {
                 if mine != Some(key) {
                     return PrOutcome::Conflict;
                 }
+                for (n, _) in &self.registrations {
+                    if n != nexus {
+                        self.owed_ua.push((n.clone(), asc::RESERVATIONS_PREEMPTED));
+                    }
+                }
                 self.registrations.clear();
                 self.persistent = None;
                 self.generation = self.generation.wrapping_add(1);
@@ -326,8 +334,7 @@ impl Reservations {
                         return PrOutcome::Check(Sense::invalid_param());
                     }
                     let before = self.registrations.len();
-                    self.registrations
-                        .retain(|(n, k)| *k != sa_key || n == nexus);
+                    self.drop_registrations(|n, k| k == sa_key && n != nexus);
                     if self.registrations.len() == before {
                         return PrOutcome::Conflict;
                     }
@@ -336,10 +343,9 @@ impl Reservations {
                         return PrOutcome::Check(Sense::invalid_cdb_at(2, None));
                     }
                     if ar && sa_key == 0 {
-                        self.registrations.retain(|(n, _)| n == nexus);
+                        self.drop_registrations(|n, _| n != nexus);
                     } else {
-                        self.registrations
-                            .retain(|(n, k)| *k != sa_key || n == nexus);
+                        self.drop_registrations(|n, k| k == sa_key && n != nexus);
                     }
                     self.persistent = Some(Reservation {
                         holder: nexus.to_owned(),
@@ -351,6 +357,20 @@ impl Reservations {
             }
             _ => PrOutcome::Check(Sense::invalid_cdb_at(1, Some(4))),
         }
+    }
+
+    /// Removes the registrations `gone` selects; their nexuses are owed
+    /// REGISTRATIONS PREEMPTED.
+    fn drop_registrations(&mut self, gone: impl Fn(&str, u64) -> bool) {
+        let mut owed = Vec::new();
+        self.registrations.retain(|(n, k)| {
+            let g = gone(n, *k);
+            if g {
+                owed.push((n.clone(), asc::REGISTRATIONS_PREEMPTED));
+            }
+            !g
+        });
+        self.owed_ua.extend(owed);
     }
 
     fn unregister(&mut self, nexus: &str) {
@@ -434,8 +454,13 @@ mod tests {
         assert_eq!(r.pr_out(a, 1, 6, &params(1, 0)), PrOutcome::Good);
         assert!(r.check(b, Access::Write, false));
         assert!(!r.check(c, Access::Read, false));
-        // b preempts a: a's registration goes, b holds the reservation.
+        // b preempts a: a's registration goes, b holds the reservation, a is
+        // owed a REGISTRATIONS PREEMPTED unit attention.
         assert_eq!(r.pr_out(b, 4, 3, &params(2, 1)), PrOutcome::Good);
+        assert_eq!(
+            r.owed_ua,
+            vec![(a.to_owned(), asc::REGISTRATIONS_PREEMPTED)]
+        );
         assert!(!r.check(a, Access::Read, false));
         assert_eq!(r.pr_in(0).unwrap()[4..8], 8u32.to_be_bytes());
         let res = r.pr_in(1).unwrap();
