@@ -57,6 +57,7 @@ pub const TEST: &[Requirement] = &[
         "network-boot lab VMs",
     ),
     ("ipxe-qemu", "", "iPXE ROMs for the lab VMs"),
+    ("ipxe", "", "ipxe.lkrn: iPXE as an iSCSI initiator in tests"),
     ("qemu-block-extra", "", "qemu iscsi:// block driver"),
     (
         "strace",
