@@ -15,7 +15,7 @@ pub mod magic {
     /// `IHAVEOPT`: newstyle greeting and the start of every option request.
     pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
     /// Oldstyle's `cliserv_magic` (never sent by us; for recognising it).
-    pub const CLISERV: u64 = 0x0042_0281_8612_53;
+    pub const CLISERV: u64 = 0x0000_4202_8186_1253;
     /// Start of every option reply.
     pub const OPTION_REPLY: u64 = 0x0003_e889_0455_65a9;
     /// `NBD_REQUEST_MAGIC` (compact requests).
@@ -541,7 +541,9 @@ impl<'a> InfoRequestRepr<'a> {
         let n = be16(rest) as usize;
         let list = &rest[2..];
         if list.len() != n * 2 {
-            return Err(Error::Malformed("information request count does not match length"));
+            return Err(Error::Malformed(
+                "information request count does not match length",
+            ));
         }
         let requests = list.chunks_exact(2).map(|c| be16(c).into()).collect();
         Ok(Self { name, requests })
@@ -951,7 +953,9 @@ impl BlockStatusRepr {
         check_len(buf, head)?;
         let body = &buf[head..];
         if body.is_empty() || body.len() % size != 0 {
-            return Err(Error::Malformed("status chunk is not a whole number of descriptors"));
+            return Err(Error::Malformed(
+                "status chunk is not a whole number of descriptors",
+            ));
         }
         if extended && be32(&buf[4..8]) as usize != body.len() / size {
             return Err(Error::Malformed("descriptor count does not match length"));
@@ -1036,7 +1040,9 @@ impl<'a> ErrorChunkRepr<'a> {
         let mlen = be16(&buf[4..6]) as usize;
         let tail = if with_offset { 8 } else { 0 };
         if buf.len() != 6 + mlen + tail {
-            return Err(Error::Malformed("error chunk message length does not match"));
+            return Err(Error::Malformed(
+                "error chunk message length does not match",
+            ));
         }
         let message = utf8(&buf[6..6 + mlen])?;
         let offset = with_offset.then(|| be64(&buf[6 + mlen..]));
@@ -1131,7 +1137,10 @@ mod tests {
         assert!(ReplyType::ErrUnsup.is_error());
         assert_eq!(u32::from(ReplyType::ErrExtHeaderReqd), 0x8000_000a);
         assert!(!ReplyType::Ack.is_error());
-        assert_eq!(ReplyType::from(0x8000_0042), ReplyType::Unknown(0x8000_0042));
+        assert_eq!(
+            ReplyType::from(0x8000_0042),
+            ReplyType::Unknown(0x8000_0042)
+        );
         let mut buf = [0xa5u8; 20];
         OptionReplyRepr {
             option: OptionCode::Go,
