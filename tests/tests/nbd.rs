@@ -299,7 +299,7 @@ fn fio_nbd_engine_verifies_crc32c() {
         "f",
         &["--export", &export_arg("disk", &img, false)],
     );
-    let out = run_ok(tool("fio", "fio").args([
+    let out = run_ok(tool("fio", "fio").current_dir(dir.path()).args([
         "--name=nbdjob",
         "--ioengine=nbd",
         &format!("--uri={}", srv.uri("disk")),
@@ -310,8 +310,12 @@ fn fio_nbd_engine_verifies_crc32c() {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        // No verify state file in the working directory.
+        "--verify_state_save=0",
     ]));
     assert!(out.contains("err= 0"), "{out}");
+    // The verify pass read everything back (and found no bad block).
+    assert!(out.contains("READ: bw="), "{out}");
     assert!(
         !out.contains("verify:"),
         "fio reported verify errors: {out}"

@@ -162,8 +162,23 @@ impl Server {
             let (size, block_size, can_fast_zero) = match (&shared, &e.backing) {
                 (Some(d), _) => (d.size(), d.block_size(), d.can_fast_zero()),
                 (None, Backing::Disk(spec)) => {
-                    let m = std::fs::metadata(&spec.image).map_err(|e| err(e.into()))?;
-                    (m.len(), 512, false)
+                    // The base's size as the images library sees it (raw,
+                    // overlay or versioned image): open it read-only once.
+                    let probe = anyboot_images::DiskSpec {
+                        read_only: true,
+                        mode: DiskMode::Shared,
+                        ..spec.clone()
+                    };
+                    let d = tokio::task::spawn_blocking(move || {
+                        Attachment::open(&probe, "probe").map(|a| {
+                            let d = a.device();
+                            (d.size(), d.block_size())
+                        })
+                    })
+                    .await
+                    .expect("probe task")
+                    .map_err(err)?;
+                    (d.0, d.1, false)
                 }
                 (None, Backing::Device(_)) => unreachable!("device exports are shared"),
             };
