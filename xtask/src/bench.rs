@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::{cargo, run_cmd};
 
-const ALL: &[&str] = &["images"];
+const ALL: &[&str] = &["images", "nbd"];
 
 pub fn run(names: Vec<String>) -> Result<()> {
     let names: Vec<String> = if names.is_empty() {
@@ -16,6 +16,23 @@ pub fn run(names: Vec<String>) -> Result<()> {
     for name in &names {
         match name.as_str() {
             "images" => run_cmd(cargo().args(["bench", "-p", "anyboot-images"]))?,
+            "nbd" => {
+                run_cmd(cargo().args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "anyboot-nbd-server",
+                    "--bins",
+                ]))?;
+                run_cmd(cargo().args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "anyboot-benches",
+                    "--bin",
+                    "nbd",
+                ]))?;
+            }
             other => bail!("no benchmark named `{other}` (have: {})", ALL.join(", ")),
         }
     }
