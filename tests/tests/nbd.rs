@@ -648,6 +648,46 @@ impl Raw {
         )
     }
 
+    fn request_ext(
+        &mut self,
+        flags: u16,
+        ty: u16,
+        cookie: u64,
+        offset: u64,
+        len: u64,
+        payload: &[u8],
+    ) {
+        let mut b = 0x21e4_1c71u32.to_be_bytes().to_vec();
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&ty.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(payload);
+        self.s.write_all(&b).unwrap();
+    }
+
+    /// One extended reply chunk: (flags, type, cookie, offset, payload).
+    fn chunk_ext(&mut self) -> (u16, u16, u64, u64, Vec<u8>) {
+        let mut h = [0u8; 32];
+        self.s.read_exact(&mut h).unwrap();
+        assert_eq!(
+            &h[0..4],
+            &0x6e8a_278cu32.to_be_bytes(),
+            "extended reply magic"
+        );
+        let len = u64::from_be_bytes(h[24..32].try_into().unwrap()) as usize;
+        let mut p = vec![0u8; len];
+        self.s.read_exact(&mut p).unwrap();
+        (
+            u16::from_be_bytes([h[4], h[5]]),
+            u16::from_be_bytes([h[6], h[7]]),
+            u64::from_be_bytes(h[8..16].try_into().unwrap()),
+            u64::from_be_bytes(h[16..24].try_into().unwrap()),
+            p,
+        )
+    }
+
     fn error_of(chunk: &(u16, u16, u64, Vec<u8>)) -> u32 {
         assert_eq!(
             chunk.1, 0x8001,
@@ -770,6 +810,87 @@ fn protocol_errors_and_pipelining_with_a_raw_client() {
 
     assert_eq!(&std::fs::read(&img).unwrap()[..512], &[0xee; 512]);
     assert!(std::fs::read(&ro).unwrap()[..512].iter().all(|&b| b == 0));
+    // Shutdown with a client in transmission: clean exit, client closed.
+    let mut idle = Raw::connect(srv.port, 3);
+    assert_eq!(idle.go("disk").last().unwrap().0, 1);
+    srv.daemon.stop();
+    assert!(idle.closed(), "client still connected after shutdown");
+}
+
+#[test]
+fn extended_headers_with_a_raw_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.raw");
+    sparse_image(&img, 8 << 20);
+    let srv = Srv::start(
+        dir.path(),
+        "ext",
+        &["--export", &export_arg("disk", &img, false)],
+    );
+    let mut c = Raw::connect(srv.port, 3);
+    c.send_option(11, &[]);
+    assert_eq!(c.replies(), vec![(1, vec![])]);
+    // Structured replies after extended headers: NBD_REP_ERR_EXT_HEADER_REQD.
+    c.send_option(8, &[]);
+    assert_eq!(c.replies()[0].0, 0x8000_000a);
+    let mut q = 4u32.to_be_bytes().to_vec();
+    q.extend_from_slice(b"disk");
+    q.extend_from_slice(&1u32.to_be_bytes());
+    q.extend_from_slice(&15u32.to_be_bytes());
+    q.extend_from_slice(b"base:allocation");
+    c.send_option(10, &q);
+    let r = c.replies();
+    assert_eq!(r[0].0, 4, "NBD_REP_META_CONTEXT");
+    let ctx = u32::from_be_bytes(r[0].1[0..4].try_into().unwrap());
+    assert_eq!(&r[0].1[4..], b"base:allocation");
+    assert_eq!(c.go("disk").last().unwrap().0, 1);
+
+    // A write carries its payload with NBD_CMD_FLAG_PAYLOAD_LEN.
+    c.request_ext(1 << 5 | 1, 1, 1, 4 << 20, 4096, &[0x66; 4096]);
+    let (flags, ty, cookie, offset, _) = c.chunk_ext();
+    assert_eq!((flags & 1, ty, cookie, offset), (1, 0, 1, 4 << 20));
+    // A read comes back as OFFSET_DATA; the header echoes the offset.
+    c.request_ext(0, 0, 2, 4 << 20, 4096, &[]);
+    let (_, ty, _, offset, p) = c.chunk_ext();
+    assert_eq!((ty, offset), (1, 4 << 20));
+    assert_eq!(u64::from_be_bytes(p[0..8].try_into().unwrap()), 4 << 20);
+    assert!(p[8..].iter().all(|&b| b == 0x66));
+    // Block status over the whole export in one 64-bit request.
+    c.request_ext(0, 7, 3, 0, 8 << 20, &[]);
+    let (flags, ty, _, _, p) = c.chunk_ext();
+    assert_eq!((flags & 1, ty), (1, 6), "BLOCK_STATUS_EXT, final");
+    assert_eq!(u32::from_be_bytes(p[0..4].try_into().unwrap()), ctx);
+    let n = u32::from_be_bytes(p[4..8].try_into().unwrap()) as usize;
+    assert_eq!(p.len(), 8 + 16 * n);
+    let descs: Vec<(u64, u64)> = p[8..]
+        .chunks(16)
+        .map(|d| {
+            (
+                u64::from_be_bytes(d[0..8].try_into().unwrap()),
+                u64::from_be_bytes(d[8..16].try_into().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(descs[0], (1 << 20, 3), "hole,zero first: {descs:?}");
+    assert_eq!(descs.iter().map(|d| d.0).sum::<u64>(), 8 << 20);
+    assert!(descs.iter().filter(|d| d.1 == 0).count() >= 2, "{descs:?}");
+    // A write without PAYLOAD_LEN carries no payload and is refused.
+    c.request_ext(0, 1, 4, 0, 4096, &[]);
+    let (_, ty, cookie, _, p) = c.chunk_ext();
+    assert_eq!((ty, cookie), (0x8001, 4));
+    assert_eq!(u32::from_be_bytes(p[0..4].try_into().unwrap()), 22);
+    // A 64-bit trim length past the end: EINVAL, connection kept.
+    c.request_ext(0, 4, 5, 0, 1 << 40, &[]);
+    let (_, ty, _, _, p) = c.chunk_ext();
+    assert_eq!(ty, 0x8001);
+    assert_eq!(u32::from_be_bytes(p[0..4].try_into().unwrap()), 22);
+    c.request_ext(0, 3, 6, 0, 0, &[]);
+    let (flags, ty, cookie, _, _) = c.chunk_ext();
+    assert_eq!(
+        (flags & 1, ty, cookie),
+        (1, 0, 6),
+        "flush answered with NONE"
+    );
     srv.daemon.stop();
 }
 

@@ -411,7 +411,7 @@ async fn serve<S>(
         HsEnd::Closed => {}
         HsEnd::Done(att) => {
             let neg = hs.negotiated().expect("negotiated after Done");
-            transmission(s, neg, att, &shared, stop).await;
+            transmission(s, buf, neg, att, &shared, stop).await;
         }
         HsEnd::Tls => {
             let acceptor = shared.tls.clone().expect("STARTTLS only with TLS");
@@ -435,7 +435,7 @@ async fn serve<S>(
             {
                 HsEnd::Done(att) => {
                     let neg = hs.negotiated().expect("negotiated after Done");
-                    transmission(t, neg, att, &shared, stop).await;
+                    transmission(t, buf, neg, att, &shared, stop).await;
                 }
                 // The core refuses a second STARTTLS.
                 HsEnd::Tls | HsEnd::Closed => {
@@ -571,9 +571,9 @@ async fn open(
         (DiskMode::Persistent, Peer::Tcp(a)) => shared
             .config
             .host_names
-            .get(&a.ip())
+            .get(&a.ip().to_canonical())
             .cloned()
-            .unwrap_or_else(|| a.ip().to_string()),
+            .unwrap_or_else(|| a.ip().to_canonical().to_string()),
         (DiskMode::Persistent, Peer::Unix) => "local".to_owned(),
         // One overlay per connection.
         (_, p) => format!("conn{id}-{p}"),
@@ -582,7 +582,7 @@ async fn open(
     let spec = spec.clone();
     tokio::task::spawn_blocking(move || Attachment::open(&spec, &key))
         .await
-        .expect("attach task")
+        .unwrap_or_else(|_| Err(std::io::Error::other("attach task failed").into()))
         .map(|a| Attached {
             dev: a.device().clone(),
             _attachment: Some(a),
@@ -593,6 +593,7 @@ type Frame = (Vec<BytesMut>, OwnedSemaphorePermit);
 
 async fn transmission<S>(
     s: S,
+    leftover: BytesMut,
     neg: Negotiated,
     att: Attached,
     shared: &Arc<Shared>,
@@ -603,6 +604,8 @@ async fn transmission<S>(
     let core = Transmission::new(neg);
     let enc = core.encoder();
     let (rd, wr) = tokio::io::split(s);
+    // Whatever the handshake read past its last option is the first request.
+    let rd = std::io::Cursor::new(leftover.freeze()).chain(rd);
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let writer = tokio::spawn(async move {
