@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyboot_images::{Attachment, BlockDevice, DiskMode};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -589,7 +589,7 @@ async fn open(
         })
 }
 
-type Frame = (Vec<BytesMut>, OwnedSemaphorePermit);
+type Frame = (Vec<Bytes>, OwnedSemaphorePermit);
 
 async fn transmission<S>(
     s: S,
@@ -686,18 +686,18 @@ async fn transmission<S>(
                 let Ok(permit) = acquire(reply.len() as u64).await else {
                     break "semaphore closed";
                 };
-                let _ = tx.send((vec![reply], permit));
+                let _ = tx.send((vec![reply.freeze()], permit));
             }
             Action::Reply(reply) => {
                 let Ok(permit) = acquire(reply.len() as u64).await else {
                     break "semaphore closed";
                 };
-                let _ = tx.send((vec![reply], permit));
+                let _ = tx.send((vec![reply.freeze()], permit));
             }
             Action::ReplyAndClose(reply) => {
                 warn!("malformed request; closing after the reply");
                 if let Ok(permit) = acquire(reply.len() as u64).await {
-                    let _ = tx.send((vec![reply], permit));
+                    let _ = tx.send((vec![reply.freeze()], permit));
                 }
                 break "malformed request";
             }

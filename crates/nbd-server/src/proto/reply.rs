@@ -109,6 +109,31 @@ impl ReplyEncoder {
         (b, hl + 8)
     }
 
+    /// Just the header of an `OFFSET_DATA` chunk (chunk header and offset)
+    /// for `len` bytes of data sent separately after it.
+    pub fn data_chunk_header(
+        &self,
+        cookie: u64,
+        req_offset: u64,
+        offset: u64,
+        len: usize,
+        done: bool,
+    ) -> BytesMut {
+        let hl = self.header_len();
+        let mut b = BytesMut::zeroed(hl + 8);
+        ChunkHeaderRepr {
+            extended: self.extended,
+            flags: if done { reply_flags::DONE } else { 0 },
+            chunk_type: ChunkType::OffsetData,
+            cookie,
+            offset: req_offset,
+            length: 8 + len as u64,
+        }
+        .emit(&mut b[..hl]);
+        b[hl..].copy_from_slice(&offset.to_be_bytes());
+        b
+    }
+
     /// An `OFFSET_HOLE` chunk.
     pub fn hole_chunk(
         &self,
