@@ -23,6 +23,14 @@ use anyhow::{bail, Context, Result};
 const SIZE: u64 = 512 << 20;
 
 fn release_bin(name: &str) -> PathBuf {
+    // Beside this benchmark binary (target/release), else by the target dir.
+    if let Some(p) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+    {
+        return p;
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));

@@ -27,6 +27,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Request and reply bytes in flight per connection.
     pub max_inflight_bytes: u64,
+    /// Threads per plain (non-TLS) connection in transmission: requests in
+    /// flight at once (TLS connections use the blocking pool instead).
+    pub io_threads: usize,
     /// A client must finish option haggling within this time.
     pub handshake_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
@@ -100,6 +103,7 @@ impl Config {
             tls: None,
             max_connections: 256,
             max_inflight_bytes: 64 << 20,
+            io_threads: 16,
             handshake_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(2),
             host_names: HashMap::new(),

@@ -30,6 +30,7 @@ pub mod config;
 pub mod exec;
 pub mod proto;
 pub mod server;
+pub mod threaded;
 
 pub use config::{Config, ExportConfig};
 pub use server::{Error, Server};

@@ -25,6 +25,7 @@ use crate::exec;
 use crate::proto::handshake::{Handshake, Negotiated, Step};
 use crate::proto::transmission::{Action, Transmission};
 use crate::proto::{DeviceFacts, ExportInfo, TlsMode};
+use crate::threaded::{self, Converted, IntoStd};
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +357,7 @@ fn spawn_conn<S>(
     stop: &watch::Receiver<bool>,
     alive: &mpsc::Sender<()>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static + IntoStd,
 {
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         warn!(%peer, "connection limit reached; closing");
@@ -398,7 +399,7 @@ async fn serve<S>(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static + IntoStd,
 {
     let mut hs = Handshake::new(shared.catalog.clone(), shared.tls.is_some());
     let mut buf = BytesMut::with_capacity(4096);
@@ -411,7 +412,26 @@ async fn serve<S>(
         HsEnd::Closed => {}
         HsEnd::Done(att) => {
             let neg = hs.negotiated().expect("negotiated after Done");
-            transmission(s, buf, neg, att, &shared, stop).await;
+            match s.into_std_conn() {
+                Converted::Std(conn) => {
+                    let c = &shared.config;
+                    threaded::serve(
+                        conn,
+                        buf,
+                        Transmission::new(neg),
+                        att.dev.clone(),
+                        c.io_threads,
+                        c.max_inflight_bytes,
+                        c.shutdown_grace,
+                        stop,
+                    )
+                    .await;
+                    // Dropping a throwaway overlay deletes it: blocking work.
+                    let _ = tokio::task::spawn_blocking(move || drop(att)).await;
+                }
+                Converted::Keep(s) => transmission(s, buf, neg, att, &shared, stop).await,
+                Converted::Lost(e) => warn!(error = %e, "socket lost entering transmission"),
+            }
         }
         HsEnd::Tls => {
             let acceptor = shared.tls.clone().expect("STARTTLS only with TLS");
