@@ -35,6 +35,9 @@ pub struct NbdSection {
     /// Request and reply bytes in flight per connection.
     #[serde(default = "default_max_inflight_bytes")]
     pub max_inflight_bytes: u64,
+    /// I/O threads per plain connection (requests served at once).
+    #[serde(default = "default_io_threads")]
+    pub io_threads: usize,
 }
 
 /// `[[nbd.export]]`: one export, backed by an `[[image]]` or a file.
@@ -79,6 +82,10 @@ fn default_listen() -> Vec<SocketAddr> {
 
 fn default_max_connections() -> usize {
     256
+}
+
+fn default_io_threads() -> usize {
+    16
 }
 
 fn default_max_inflight_bytes() -> u64 {

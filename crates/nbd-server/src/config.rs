@@ -134,6 +134,10 @@ impl Config {
         c.unix = s.unix.clone();
         c.max_connections = s.max_connections;
         c.max_inflight_bytes = s.max_inflight_bytes;
+        c.io_threads = s.io_threads;
+        if !(1..=256).contains(&c.io_threads) {
+            return Err(site.error("nbd.io_threads", "must be between 1 and 256"));
+        }
         if c.max_connections == 0 {
             return Err(site.error("nbd.max_connections", "must be at least 1"));
         }
