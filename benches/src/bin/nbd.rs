@@ -8,7 +8,7 @@
 //!
 //! Short runs on a shared machine: figures are indicative; compare within
 //! one run only. Env: NBD_BENCH_SECS (default 5), NBD_BENCH_STORM (clients,
-//! default 16; 0 skips the storm).
+//! default 16; 0 skips the storm), NBD_BENCH_FIO=0 skips the fio rows.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -307,6 +307,7 @@ fn main() -> Result<()> {
             f.write_all(&chunk)?;
         }
     }
+    let fio_rows = std::env::var("NBD_BENCH_FIO").map_or(true, |v| v != "0");
     let servers = ["anyboot", "nbdkit", "qemu-nbd", "nbd-server"];
     let workloads: [(&str, &str, &str, u32); 4] = [
         ("4 KiB randread, iodepth 32 (IOPS)", "randread", "4k", 32),
@@ -323,7 +324,7 @@ fn main() -> Result<()> {
     let mut iops_rows = Vec::new();
     let mut bw_rows = Vec::new();
     let mut cpu_rows = Vec::new();
-    for (label, rw, bs, depth) in workloads {
+    for (label, rw, bs, depth) in workloads.into_iter().filter(|_| fio_rows) {
         let mut vals = Vec::new();
         let mut cpu = Vec::new();
         for s in servers {
@@ -380,16 +381,18 @@ fn main() -> Result<()> {
                 .join(", ")
         );
     }
-    print!("{}", table("NBD 4 KiB random I/O", "IOPS", &iops_rows));
-    print!("{}", table("NBD 1 MiB sequential I/O", "MB/s", &bw_rows));
-    print!(
-        "{}",
-        table(
-            "NBD server efficiency",
-            "GB per server CPU second",
-            &cpu_rows
-        )
-    );
+    if fio_rows {
+        print!("{}", table("NBD 4 KiB random I/O", "IOPS", &iops_rows));
+        print!("{}", table("NBD 1 MiB sequential I/O", "MB/s", &bw_rows));
+        print!(
+            "{}",
+            table(
+                "NBD server efficiency",
+                "GB per server CPU second",
+                &cpu_rows
+            )
+        );
+    }
 
     if storm > 0 {
         boot_storm(&file, dir.path(), storm)?;
