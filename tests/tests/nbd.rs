@@ -470,6 +470,27 @@ fn tls_required_and_optional_exports() {
         stranger.display()
     )));
     assert!(!bad.status.success(), "TLS without the CA worked");
+    // Pipelined, multi-connection copies over TLS, both ways.
+    let src = dir.path().join("src.raw");
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    run_ok(
+        tool("nbdcopy", "libnbd-bin")
+            .arg(&src)
+            .arg(tls_uri("secret")),
+    );
+    let back = dir.path().join("back.raw");
+    run_ok(
+        tool("nbdcopy", "libnbd-bin")
+            .arg(tls_uri("secret"))
+            .arg(&back),
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "TLS round trip differs"
+    );
     daemon.stop();
 }
 
