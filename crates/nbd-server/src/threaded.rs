@@ -260,13 +260,15 @@ fn worker(
                 }
                 Action::ReadPayload { req, len } => {
                     let held = budget.take(len as u64 + 64);
-                    let mut data = BytesMut::zeroed(len);
-                    if rd.r.read_exact(&mut data).is_err() {
+                    // read_to_end fills spare capacity: no memset first.
+                    let mut data = Vec::with_capacity(len);
+                    let got = (&mut rd.r).take(len as u64).read_to_end(&mut data);
+                    if !matches!(got, Ok(n) if n == len) {
                         rd.done = true;
                         budget.give(held);
                         return;
                     }
-                    (Work::Op(core.write_op(&req, data.freeze())), held)
+                    (Work::Op(core.write_op(&req, Bytes::from(data))), held)
                 }
                 Action::SkipPayload { len, reply } => {
                     let mut take = (&mut rd.r).take(len);
