@@ -324,10 +324,14 @@ fn main() -> Result<()> {
     let mut iops_rows = Vec::new();
     let mut bw_rows = Vec::new();
     let mut cpu_rows = Vec::new();
-    for (label, rw, bs, depth) in workloads.into_iter().filter(|_| fio_rows) {
+    for (row, (label, rw, bs, depth)) in workloads.into_iter().filter(|_| fio_rows).enumerate() {
         let mut vals = Vec::new();
         let mut cpu = Vec::new();
-        for s in servers {
+        // Rotate who runs first, so no server always gets the quietest slot.
+        let order: Vec<&str> = (0..servers.len())
+            .map(|i| servers[(i + row) % servers.len()])
+            .collect();
+        for s in order {
             let srv = start(s, &file, dir.path(), false)?;
             let c0 = cpu_secs(srv.pid);
             let r = fio(&srv, rw, bs, depth, secs)?;
@@ -346,6 +350,10 @@ fn main() -> Result<()> {
                 if gb > 0.0 { (c1 - c0) / gb } else { f64::NAN },
             ));
         }
+        // Tables list anyboot first, then the peers in a fixed order.
+        let rank = |n: &str| servers.iter().position(|x| *x == n).unwrap_or(99);
+        vals.sort_by_key(|v| rank(&v.0));
+        cpu.sort_by_key(|v| rank(&v.0));
         let row = Row {
             workload: label.to_string(),
             values: vals,
