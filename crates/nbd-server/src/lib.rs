@@ -1,32 +1,36 @@
-//! anyboot-nbd-server: NBD server per the NBD protocol document.
+//! anyboot-nbd-server: an NBD server per the NBD protocol document
+//! (`doc/proto.md` of the NetworkBlockDevice project, with the
+//! `EXTENDED_HEADERS` extension): fixed newstyle handshake, STARTTLS,
+//! structured and extended replies, `base:allocation` block status, serving
+//! devices from `anyboot-images` (shared images, throwaway or persistent
+//! overlays).
 //!
-//! Skeleton: binds its listeners and runs until shutdown; the protocol core is
-//! built in its own issue.
+//! Layout: [`proto`] holds the sans-IO cores (handshake and transmission),
+//! [`exec`] performs one request on a block device, [`server`] is the tokio
+//! driver and [`config`] the runtime configuration.
+//!
+//! Embedding it:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use anyboot_nbd_server::{Config, ExportConfig, Server};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = Config::new(vec!["127.0.0.1:0".parse()?]);
+//! config.exports.push(ExportConfig::file("root", "/srv/root.raw".as_ref(), true));
+//! let ram = anyboot_images::raw::RawFile::memory(64 << 20)?;
+//! config.exports.push(ExportConfig::device("scratch", Arc::new(ram)));
+//! let server = Server::bind(config).await?;
+//! println!("serving on {:?}", server.local_addr());
+//! server.run(async { tokio::signal::ctrl_c().await.unwrap() }).await?;
+//! # Ok(()) }
+//! ```
 
-use std::future::Future;
+pub mod config;
+pub mod exec;
+pub mod proto;
+pub mod server;
+pub mod threaded;
 
-pub use anyboot_config::Site;
-
-/// Errors that stop the server.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot bind {what}: {source}")]
-    Bind {
-        what: String,
-        source: std::io::Error,
-    },
-}
-
-/// A bound server, ready to [`run`](Server::run).
-#[derive(Debug)]
-pub struct Server {
-    _private: (),
-}
-
-impl Server {
-    /// Runs until `shutdown` resolves.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        shutdown.await;
-        Ok(())
-    }
-}
+pub use config::{Config, ExportConfig};
+pub use server::{Error, Server};
