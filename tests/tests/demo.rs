@@ -52,7 +52,7 @@ fn demo_site_serves_nbd_iscsi_and_tftp() {
         "read -v 0 17",
         "nbd://127.0.0.1:10809/demo",
     ]));
-    assert!(label.contains("anyboot demo disk"), "{label}");
+    assert!(label.contains("anyboot.demo.dis"), "{label}");
 
     let inq = run_ok(
         Command::new(&iscsi_inq).arg("iscsi://127.0.0.1:3260/iqn.2026-11.org.anyboot:demo/0"),
