@@ -259,3 +259,5 @@ pub fn veth_pair(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, S
     }
     (ia, ib)
 }
+
+pub mod lab;

@@ -1,0 +1,554 @@
+//! The network-boot lab: a network namespace with a bridge, the boot servers
+//! on the bridge address, one tap per VM, and QEMU booting from the network
+//! with Debian's iPXE ROM (PXE spec 2.1 boot chain: DHCP -> TFTP -> iPXE
+//! script -> kernel or `sanboot`). Guests report on their serial port; the
+//! tests read the serial log.
+//!
+//! The servers are a backend of the lab, chosen with `ANYBOOT_LAB_SERVERS`:
+//! `anyboot` (default) runs our daemons from one site file, `peers` runs
+//! Debian's dnsmasq (DHCP + TFTP), nbd-server, tgtd and vblade with the same
+//! inventory, which proves the lab itself independently of our daemons.
+//!
+//! Everything the lab creates (namespace, bridge, taps, processes, files) is
+//! removed when the values are dropped, also while a failing test unwinds.
+
+pub mod assets;
+pub mod cpio;
+pub mod peers;
+pub mod site;
+pub mod vm;
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::{bin, require, require_root, run, run_ok, Daemon, Netns};
+
+pub use site::{Disk, LabSite, Mode, SanTarget, Transport};
+pub use vm::{NicModel, Vm};
+
+/// The servers' address on the lab bridge.
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// The lab network (`SERVER_IP` and the guests).
+pub const PREFIX_LEN: u8 = 24;
+/// The bridge inside the lab namespace (names are per namespace, so fixed).
+pub const BRIDGE: &str = "br0";
+
+/// Which programs serve the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Servers {
+    /// Our daemons (`anyboot-dhcpd`, `anyboot-tftpd`, ...) from one site file.
+    Anyboot,
+    /// Debian's peers: dnsmasq, nbd-server, tgtd, vblade.
+    Peers,
+}
+
+impl Servers {
+    /// From `ANYBOOT_LAB_SERVERS` (`anyboot`, the default, or `peers`); any
+    /// other value is a mistake and fails loudly.
+    pub fn from_env() -> Self {
+        match std::env::var("ANYBOOT_LAB_SERVERS").as_deref() {
+            Err(_) | Ok("") | Ok("anyboot") => Servers::Anyboot,
+            Ok("peers") => Servers::Peers,
+            Ok(other) => panic!("ANYBOOT_LAB_SERVERS={other:?}: expected `anyboot` or `peers`"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Servers::Anyboot => "anyboot",
+            Servers::Peers => "peers",
+        }
+    }
+}
+
+/// How QEMU runs the guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    /// A guest timeout for this accelerator: `base` is sized for TCG; KVM that
+    /// passed the probe is faster, so it keeps the same bound.
+    pub fn timeout(self, base: Duration) -> Duration {
+        match self {
+            Accel::Kvm => base,
+            Accel::Tcg => base * 2,
+        }
+    }
+}
+
+/// The accelerator for this run, probed once: KVM is used only when a trivial
+/// guest (a boot sector printing to COM1) reports within 3 s under `-accel kvm`;
+/// a nested software hypervisor can take many seconds for that, and TCG is
+/// then faster. `ANYBOOT_LAB_ACCEL=kvm|tcg` skips the probe. The choice is
+/// printed, loudly.
+pub fn accel() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| {
+        let (accel, why) = match std::env::var("ANYBOOT_LAB_ACCEL").as_deref() {
+            Ok("kvm") => (Accel::Kvm, "forced by ANYBOOT_LAB_ACCEL".to_owned()),
+            Ok("tcg") => (Accel::Tcg, "forced by ANYBOOT_LAB_ACCEL".to_owned()),
+            Ok(other) if !other.is_empty() => {
+                panic!("ANYBOOT_LAB_ACCEL={other:?}: expected `kvm` or `tcg`")
+            }
+            _ => probe_kvm(),
+        };
+        eprintln!(
+            "==== LAB: QEMU accelerator {} ({why}) ====",
+            accel.name().to_uppercase()
+        );
+        accel
+    })
+}
+
+fn probe_kvm() -> (Accel, String) {
+    if !Path::new("/dev/kvm").exists() {
+        return (Accel::Tcg, "no /dev/kvm".to_owned());
+    }
+    let qemu = require("qemu-system-x86_64", "qemu-system-x86");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("probe.img");
+    let marker = "ANYBOOT-KVM-PROBE";
+    assets::write_san_disk(&disk, marker, 1 << 20);
+    let log = dir.path().join("serial.log");
+    let child = Command::new(qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-m",
+            "64",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=ide", disk.display()))
+        .args(["-net", "none"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64 for the KVM probe");
+    let mut child = vm::KillOnDrop(child);
+    let start = Instant::now();
+    let limit = Duration::from_secs(3);
+    while start.elapsed() < limit {
+        if std::fs::read(&log).is_ok_and(|b| contains(&b, marker.as_bytes())) {
+            return (
+                Accel::Kvm,
+                format!("KVM probe booted in {:.1} s", start.elapsed().as_secs_f64()),
+            );
+        }
+        if let Ok(Some(st)) = child.0.try_wait() {
+            return (Accel::Tcg, format!("KVM probe: qemu exited with {st}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (
+        Accel::Tcg,
+        "KVM probe: a boot sector did not report within 3 s (nested software hypervisor?)"
+            .to_owned(),
+    )
+}
+
+/// Whether `hay` contains `needle`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Where downloaded and built lab assets are cached between runs (kernel,
+/// initramfs, the static NBD attach tool): `<target dir>/lab-cache`.
+pub fn cache_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    let d = target.join("lab-cache");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (`setns` is
+/// per thread), so sockets it opens live in the lab.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        // SAFETY: fd is an open namespace file; setns only changes this thread.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// A running lab: namespace, bridge, router advertisements, servers.
+#[derive(Debug)]
+pub struct Lab {
+    pub servers: Servers,
+    pub accel: Accel,
+    pub site: LabSite,
+    /// Scratch directory: TFTP root, disks, logs, server configs.
+    pub dir: tempfile::TempDir,
+    daemons: Vec<Server>,
+    ra: Option<RaSender>,
+    taps: std::sync::Mutex<u32>,
+    /// Declared last: dropped after the daemons and the taps' users.
+    pub ns: Netns,
+    started: Instant,
+}
+
+impl Lab {
+    /// Builds the network, fills the boot tree and starts the servers of
+    /// `ANYBOOT_LAB_SERVERS` for `site`.
+    pub fn start(tag: &str, site: LabSite) -> Self {
+        Self::start_with(tag, site, Servers::from_env())
+    }
+
+    pub fn start_with(tag: &str, site: LabSite, servers: Servers) -> Self {
+        require_root("the network-boot lab");
+        require("qemu-system-x86_64", "qemu-system-x86");
+        let accel = accel();
+        let started = Instant::now();
+        let ns = Netns::new(tag);
+        for argv in [
+            // A fixed MAC: otherwise the bridge takes its lowest port's MAC
+            // when a tap joins, and raw-socket servers (AoE) that read the
+            // address at start would answer from a stale one.
+            vec![
+                "ip",
+                "link",
+                "add",
+                BRIDGE,
+                "address",
+                "02:77:00:00:00:01",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+            ],
+            vec![
+                "ip",
+                "addr",
+                "add",
+                &format!("{SERVER_IP}/{PREFIX_LEN}"),
+                "dev",
+                BRIDGE,
+            ],
+            // A fixed link-local address, usable at once, for the RAs.
+            vec![
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fe80::1/64",
+                "dev",
+                BRIDGE,
+                "nodad",
+            ],
+            vec!["ip", "link", "set", BRIDGE, "up"],
+        ] {
+            ns.exec_ok(&argv);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("anyboot-lab-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let ra = RaSender::start(&ns.name);
+        let mut lab = Lab {
+            servers,
+            accel,
+            site,
+            dir,
+            daemons: Vec::new(),
+            ra: Some(ra),
+            taps: std::sync::Mutex::new(0),
+            ns,
+            started,
+        };
+        std::fs::create_dir_all(lab.tftp_root()).unwrap();
+        lab.site.populate_boot_tree(&lab.tftp_root());
+        match servers {
+            Servers::Anyboot => lab.start_anyboot(),
+            Servers::Peers => {
+                let d = peers::start(&lab);
+                lab.daemons = d;
+            }
+        }
+        lab.wait_servers();
+        eprintln!(
+            "LAB {tag}: servers={} accel={} up in {:.1} s",
+            servers.name(),
+            accel.name(),
+            lab.started.elapsed().as_secs_f64()
+        );
+        lab
+    }
+
+    /// The TFTP root (real files; per-host scripts come from the servers).
+    pub fn tftp_root(&self) -> PathBuf {
+        self.dir.path().join("tftp")
+    }
+
+    /// A file under the lab's scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn start_anyboot(&mut self) {
+        let toml = site::site_toml(&self.site, self.dir.path(), &self.tftp_root());
+        let cfg = self.path("site.toml");
+        std::fs::write(&cfg, &toml).unwrap();
+        eprintln!("LAB site file {}:\n{toml}", cfg.display());
+        let mut daemons = vec!["anyboot-dhcpd", "anyboot-tftpd"];
+        if !self.site.nbd.is_empty() {
+            daemons.push("anyboot-nbd-server");
+        }
+        if !self.site.iscsi.is_empty() {
+            daemons.push("anyboot-iscsi-target");
+        }
+        if !self.site.aoe.is_empty() {
+            daemons.push("anyboot-aoe-target");
+        }
+        for name in daemons {
+            let exe = bin(name);
+            // A bad site file fails here, naming key and problem.
+            run_ok(
+                Command::new(&exe)
+                    .arg("--config")
+                    .arg(&cfg)
+                    .arg("--check-config"),
+            );
+            let mut cmd = self.ns.command(&exe);
+            cmd.arg("--config").arg(&cfg).env("RUST_LOG", "info");
+            let log = self.path(&format!("{name}.log"));
+            self.daemons.push(Server::spawn(name, &mut cmd, &log));
+        }
+    }
+
+    /// Waits for the servers' ports, whichever backend runs them.
+    fn wait_servers(&self) {
+        self.wait_listening("udp", 67);
+        self.wait_listening("udp", 69);
+        if !self.site.nbd.is_empty() {
+            self.wait_listening("tcp", site::NBD_PORT);
+        }
+        if !self.site.iscsi.is_empty() {
+            self.wait_listening("tcp", site::ISCSI_PORT);
+        }
+        self.check_daemons_alive();
+    }
+
+    /// Panics with the logs if a server has exited.
+    pub fn check_daemons_alive(&self) {
+        for d in &self.daemons {
+            assert!(
+                vm::is_alive(d.daemon.pid()),
+                "{} exited early; log:\n{}",
+                d.name,
+                d.daemon.log()
+            );
+        }
+    }
+
+    /// Waits until something in the lab listens on `proto` (`tcp`/`udp`) `port`.
+    pub fn wait_listening(&self, proto: &str, port: u16) {
+        let start = Instant::now();
+        let flag = if proto == "tcp" { "-Hltn" } else { "-Hlun" };
+        loop {
+            let out = run(self.ns.command("ss").arg(flag));
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.lines().any(|l| {
+                l.split_whitespace()
+                    .any(|f| f.ends_with(&format!(":{port}")))
+            }) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "nothing listens on {proto} port {port} in the lab after 15 s; daemon logs:\n{}",
+                self.daemon_logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// All server logs, for failure messages.
+    pub fn daemon_logs(&self) -> String {
+        let mut s = String::new();
+        for d in &self.daemons {
+            s.push_str(&format!("---- {} ----\n{}\n", d.name, d.daemon.log()));
+        }
+        s
+    }
+
+    /// A new tap device on the bridge for one VM (`tapN`).
+    pub fn new_tap(&self) -> String {
+        let mut n = self.taps.lock().unwrap();
+        let name = format!("tap{n}");
+        *n += 1;
+        self.ns
+            .exec_ok(&["ip", "tuntap", "add", "dev", &name, "mode", "tap"]);
+        self.ns
+            .exec_ok(&["ip", "link", "set", &name, "master", BRIDGE]);
+        self.ns.exec_ok(&["ip", "link", "set", &name, "up"]);
+        name
+    }
+
+    /// Boots the inventory host `host` from the network in a new VM.
+    pub fn boot(&self, host: &str) -> Vm<'_> {
+        let h = self
+            .site
+            .host(host)
+            .unwrap_or_else(|| panic!("no host {host} in the lab site"));
+        Vm::start(self, host, h.mac, NicModel::E1000)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(ra) = self.ra.take() {
+            ra.stop();
+        }
+        // Servers first (by PID, SIGTERM), then the namespace with its bridge
+        // and taps (field order).
+        let panicking = std::thread::panicking();
+        for mut d in self.daemons.drain(..) {
+            if panicking {
+                eprintln!("---- log of {} ----\n{}", d.name, d.daemon.log());
+            }
+            d.daemon.stop_with(libc::SIGTERM, Duration::from_secs(3));
+        }
+        let n = *self.taps.lock().unwrap();
+        for i in 0..n {
+            let _ = run(self
+                .ns
+                .command("ip")
+                .args(["link", "del", &format!("tap{i}")]));
+        }
+        if panicking {
+            eprintln!(
+                "LAB scratch directory kept for inspection: {}",
+                self.dir.path().display()
+            );
+            self.dir.disable_cleanup(true);
+        }
+    }
+}
+
+/// One server process of the lab (ours or a peer), stopped by PID.
+#[derive(Debug)]
+pub struct Server {
+    pub name: String,
+    pub daemon: Daemon,
+}
+
+impl Server {
+    /// Starts `cmd` (usually `ip netns exec <lab> <program> ...`, which execs
+    /// the program under the same PID) with its output in `log`.
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
+        Server {
+            name: name.to_owned(),
+            daemon: Daemon::spawn(name, cmd, log),
+        }
+    }
+}
+
+/// A thread in the lab namespace that multicasts an ICMPv6 Router
+/// Advertisement (RFC 4861 section 4.2: no prefixes, router lifetime 0, M and
+/// O flags clear) twice a second, so iPXE finishes IPv6 configuration at once
+/// instead of waiting ~13 s for a router that never comes.
+#[derive(Debug)]
+struct RaSender {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl RaSender {
+    fn start(ns: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = in_netns(ns, move || {
+            // SAFETY: plain socket calls on a descriptor we own.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
+                assert!(
+                    fd >= 0,
+                    "ICMPv6 raw socket: {}",
+                    std::io::Error::last_os_error()
+                );
+                let name = std::ffi::CString::new(BRIDGE).unwrap();
+                let idx = libc::if_nametoindex(name.as_ptr()) as libc::c_int;
+                let hops: libc::c_int = 255;
+                for (opt, val) in [
+                    (libc::IPV6_MULTICAST_IF, idx),
+                    (libc::IPV6_MULTICAST_HOPS, hops),
+                ] {
+                    libc::setsockopt(
+                        fd,
+                        libc::IPPROTO_IPV6,
+                        opt,
+                        &val as *const _ as *const libc::c_void,
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    );
+                }
+                // type 134, code 0, checksum (the kernel fills it in), cur hop
+                // limit 64, flags 0, router lifetime 0, reachable 0, retrans 0.
+                let ra: [u8; 16] = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let mut dst: libc::sockaddr_in6 = std::mem::zeroed();
+                dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                dst.sin6_addr.s6_addr = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+                dst.sin6_scope_id = idx as u32;
+                while !s2.load(Ordering::Relaxed) {
+                    // Fails (ENETDOWN) until a tap brings the bridge up: retry.
+                    libc::sendto(
+                        fd,
+                        ra.as_ptr() as *const libc::c_void,
+                        ra.len(),
+                        0,
+                        &dst as *const _ as *const libc::sockaddr,
+                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                libc::close(fd);
+            }
+        });
+        RaSender { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Prints a scenario's wall time in a greppable line (`LAB TIMING ...`), for
+/// the report; never asserted on.
+pub fn report_timing(scenario: &str, lab: &Lab, started: Instant) {
+    eprintln!(
+        "LAB TIMING scenario={scenario} servers={} accel={} seconds={:.1}",
+        lab.servers.name(),
+        lab.accel.name(),
+        started.elapsed().as_secs_f64()
+    );
+}

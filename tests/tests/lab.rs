@@ -1,0 +1,177 @@
+//! The network-boot lab's scenarios (issue 9): QEMU guests boot through the
+//! lab's servers — ours by default, Debian's peers with
+//! `ANYBOOT_LAB_SERVERS=peers` — and report on their serial port.
+//!
+//! Run just the lab: `cargo xtask e2e`, or
+//! `cargo test -p anyboot-tests --test lab -- --test-threads=1`.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyboot_tests::lab::assets::{self, Kernel};
+use anyboot_tests::lab::site::{
+    AoeTarget, Boot, Disk, Host, IscsiTarget, LabSite, NbdExport, Profile, Variant,
+};
+use anyboot_tests::lab::{report_timing, Lab, Mode, SanTarget, Transport, SERVER_IP};
+
+/// A value unique to this run, so a marker cannot come from an older run.
+fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{:x}{:x}", t.as_micros() & 0xffff_ffff, std::process::id())
+}
+
+fn mac(n: u8) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x77, 0x00, n]
+}
+
+fn host(name: &str, n: u8, profile: &str) -> Host {
+    Host {
+        name: name.to_owned(),
+        mac: mac(n),
+        address: Ipv4Addr::new(10, 77, 0, n),
+        profile: profile.to_owned(),
+        variant: None,
+    }
+}
+
+/// A boot variant whose "kernel" is an iPXE script from the boot tree that
+/// prints `marker` (iPXE executes script images like kernels).
+fn marker_variant(name: &str, label: &str, marker: &str, site: &mut LabSite) -> Variant {
+    let path = format!("lab/{name}.ipxe");
+    site.texts
+        .push((path.clone(), format!("#!ipxe\necho {marker}\n")));
+    Variant {
+        name: name.to_owned(),
+        label: label.to_owned(),
+        boot: Boot::Kernel {
+            kernel: path,
+            initrd: Vec::new(),
+            cmdline: String::new(),
+        },
+    }
+}
+
+fn profile(name: &str, variants: Vec<Variant>) -> Profile {
+    Profile {
+        name: name.to_owned(),
+        image: None,
+        mode: Mode::Shared,
+        transport: None,
+        variants,
+        default_variant: None,
+        menu_timeout: 0,
+    }
+}
+
+const IPXE_FAIL: &[&str] = &["No more network devices", "Could not boot", "Boot failed"];
+
+/// PXE: DHCP gives the address and the per-host script name, TFTP serves
+/// the script, iPXE runs it; a second boot of the same VM (iPXE again, known
+/// by its user class) gets the script again instead of the iPXE binary.
+#[test]
+fn pxe_boots_the_per_host_script_twice_without_looping() {
+    let t0 = Instant::now();
+    let marker = format!("ANYBOOT-PXE-{}", nonce());
+    let mut site = LabSite::default();
+    let v = marker_variant("hello", "Hello", &marker, &mut site);
+    site.profiles.push(profile("hello", vec![v]));
+    site.hosts.push(host("pc10", 10, "hello"));
+    let lab = Lab::start("pxe", site);
+    let h = lab.site.host("pc10").unwrap().clone();
+    for boot in 1..=2 {
+        let mut vm = lab.boot("pc10");
+        let log = vm.wait_for(&marker, Duration::from_secs(90), IPXE_FAIL);
+        assert!(
+            log.contains(&format!("hosts/{}.ipxe", h.mac_dashed())),
+            "boot {boot}: iPXE did not fetch its per-host script"
+        );
+        assert!(
+            log.contains("10.77.0.10"),
+            "boot {boot}: the reserved address 10.77.0.10 was not used"
+        );
+        assert!(
+            !log.contains("undionly.kpxe"),
+            "boot {boot}: an iPXE client was handed the iPXE binary again (boot loop)"
+        );
+        assert_eq!(
+            log.matches(&marker).count(),
+            1,
+            "boot {boot}: the script ran more than once"
+        );
+    }
+    report_timing("pxe (2 boots)", &lab, t0);
+}
+
+/// A 16 MiB disk whose first sector prints `marker`.
+fn san_site(dir: &Path, marker: &str, transport: Transport) -> LabSite {
+    let disk = dir.join("san.img");
+    assets::write_san_disk(&disk, marker, 16 << 20);
+    let mut site = LabSite::default();
+    site.images.push(Disk {
+        name: "san".into(),
+        path: disk,
+    });
+    let mut p = profile(
+        "san",
+        vec![Variant {
+            name: "disk".into(),
+            label: "Boot the network disk".into(),
+            boot: Boot::Sanboot,
+        }],
+    );
+    p.image = Some("san".into());
+    p.transport = Some(transport);
+    p.mode = Mode::Shared;
+    site.profiles.push(p);
+    site.hosts.push(host("pc20", 20, "san"));
+    let t = SanTarget {
+        image: "san".into(),
+        mode: Mode::Shared,
+    };
+    match transport {
+        Transport::Iscsi => {
+            site.iscsi.push(IscsiTarget {
+                iqn: "iqn.2026-11.org.anyboot.lab:san".into(),
+                lun: 0,
+                disk: t,
+            });
+            site.chap = Some(("labuser".into(), "lab-secret-1234".into()));
+        }
+        Transport::Aoe => site.aoe.push(AoeTarget {
+            shelf: 1,
+            slot: 1,
+            disk: t,
+        }),
+        Transport::Nbd => unreachable!("iPXE has no NBD sanboot"),
+    }
+    site
+}
+
+fn sanboot(transport: Transport) {
+    let t0 = Instant::now();
+    let marker = format!("ANYBOOT-SANBOOT-{}-{}", transport.name(), nonce());
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::start(transport.name(), san_site(dir.path(), &marker, transport));
+    let mut vm = lab.boot("pc20");
+    let log = vm.wait_for(&marker, Duration::from_secs(120), IPXE_FAIL);
+    assert!(
+        log.contains("Booting from SAN device"),
+        "iPXE did not boot from its SAN device"
+    );
+    report_timing(&format!("sanboot {}", transport.name()), &lab, t0);
+}
+
+/// iSCSI sanboot with CHAP: iPXE logs in, reads the boot sector and runs it.
+#[test]
+fn iscsi_sanboot_with_chap_runs_the_boot_sector() {
+    sanboot(Transport::Iscsi);
+}
+
+/// AoE sanboot (`sanboot aoe:e1.1`) of the same boot sector.
+#[test]
+fn aoe_sanboot_runs_the_boot_sector() {
+    sanboot(Transport::Aoe);
+}
