@@ -98,7 +98,7 @@ fn main() {
     let fd = dev.as_raw_fd();
     // SAFETY: NBD ioctls on an open NBD device with integer arguments.
     unsafe {
-        if ioctl(fd, NBD_SET_BLKSIZE, 4096u64) < 0
+        if ioctl(fd, NBD_SET_BLKSIZE, 512u64) < 0
             || ioctl(fd, NBD_SET_SIZE, size) < 0
             || ioctl(fd, NBD_SET_FLAGS, u64::from(tflags)) < 0
             || ioctl(fd, NBD_SET_SOCK, s.as_raw_fd() as u64) < 0

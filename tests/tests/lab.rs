@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyboot_tests::lab::assets::{self, Kernel};
 use anyboot_tests::lab::site::{
-    AoeTarget, Boot, Disk, Host, IscsiTarget, LabSite, NbdExport, Profile, Variant,
+    self, AoeTarget, Boot, Disk, Host, IscsiTarget, LabSite, NbdExport, Profile, Variant,
 };
 use anyboot_tests::lab::{report_timing, Lab, Mode, SanTarget, Transport, SERVER_IP};
 
@@ -174,4 +174,193 @@ fn iscsi_sanboot_with_chap_runs_the_boot_sector() {
 #[test]
 fn aoe_sanboot_runs_the_boot_sector() {
     sanboot(Transport::Aoe);
+}
+
+/// The boot tree and disks for Linux scenarios: Debian's kernel, the lab's
+/// initramfs, an ext4 base image served over `transport` in `mode`.
+fn linux_site(dir: &Path, transport: Transport, mode: Mode) -> LabSite {
+    let kernel: Kernel = assets::debian_kernel();
+    let (base_initrd, iscsi_initrd) = assets::initramfs(&kernel);
+    let disk = dir.join("base.ext4");
+    assets::write_ext4_disk(&disk, 32);
+    let mut site = LabSite::default();
+    site.files
+        .push(("linux/vmlinuz".into(), kernel.vmlinuz.clone()));
+    site.files.push(("linux/initrd.gz".into(), base_initrd));
+    site.files.push(("linux/iscsi.gz".into(), iscsi_initrd));
+    site.images.push(Disk {
+        name: "base".into(),
+        path: disk,
+    });
+    let t = SanTarget {
+        image: "base".into(),
+        mode,
+    };
+    let mut initrd = vec!["linux/initrd.gz".to_owned()];
+    let mut cmdline = format!(
+        "console=ttyS0 quiet loglevel=3 panic=-1 anyboot.proto={} anyboot.server={SERVER_IP}",
+        transport.name()
+    );
+    match transport {
+        Transport::Nbd => {
+            site.nbd.push(NbdExport {
+                name: "root".into(),
+                disk: t,
+            });
+            cmdline += &format!(" anyboot.port={} anyboot.export=root", site::NBD_PORT);
+        }
+        Transport::Iscsi => {
+            let iqn = "iqn.2026-11.org.anyboot.lab:root";
+            site.iscsi.push(IscsiTarget {
+                iqn: iqn.into(),
+                lun: 0,
+                disk: t,
+            });
+            site.chap = Some(("labuser".into(), "lab-secret-1234".into()));
+            cmdline += &format!(
+                " anyboot.port={} anyboot.export={iqn} anyboot.user=labuser anyboot.secret=lab-secret-1234",
+                site::ISCSI_PORT
+            );
+            initrd.push("linux/iscsi.gz".into());
+        }
+        Transport::Aoe => {
+            site.aoe.push(AoeTarget {
+                shelf: 1,
+                slot: 1,
+                disk: t,
+            });
+            cmdline += " anyboot.export=e1.1";
+        }
+    }
+    let mut p = profile(
+        "linux",
+        vec![Variant {
+            name: "linux".into(),
+            label: "Linux on a network disk".into(),
+            boot: Boot::Kernel {
+                kernel: "linux/vmlinuz".into(),
+                initrd,
+                cmdline,
+            },
+        }],
+    );
+    p.image = Some("base".into());
+    p.transport = Some(transport);
+    p.mode = mode;
+    site.profiles.push(p);
+    site.hosts.push(host("pc30", 30, "linux"));
+    site.hosts.push(host("pc31", 31, "linux"));
+    site
+}
+
+const LINUX_FAIL: &[&str] = &["ANYBOOT-LAB: FAIL", "Kernel panic", "Could not boot"];
+
+/// What one Linux boot reported: the previous boot's file if it was there,
+/// the id it wrote, and the files it saw.
+#[derive(Debug)]
+struct LinuxReport {
+    found: Option<String>,
+    wrote: String,
+    seen: Vec<String>,
+}
+
+fn field(log: &str, key: &str) -> Option<String> {
+    let tag = format!("ANYBOOT-LAB: {key}");
+    log.lines().find_map(|l| {
+        l.trim_end_matches('\r')
+            .split_once(&tag)
+            .map(|(_, v)| v.trim().to_owned())
+    })
+}
+
+fn boot_linux(lab: &Lab, host: &str) -> LinuxReport {
+    let mut vm = lab.boot(host);
+    let log = vm.wait_for("ANYBOOT-LAB: DONE", Duration::from_secs(240), LINUX_FAIL);
+    vm.wait_exit(Duration::from_secs(30));
+    parse_report(&log)
+}
+
+fn parse_report(log: &str) -> LinuxReport {
+    let found = field(log, "found");
+    let absent = log.contains("ANYBOOT-LAB: absent");
+    assert!(
+        found.is_some() != absent,
+        "the guest reported neither found nor absent"
+    );
+    LinuxReport {
+        found,
+        wrote: field(log, "wrote").expect("the guest reports what it wrote"),
+        seen: field(log, "seen")
+            .expect("the guest lists the files")
+            .split_whitespace()
+            .filter(|s| *s != "end")
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// Boots Linux twice on the same host: the first boot writes a file to its
+/// network root disk; the second finds it (persistent) or not (throwaway).
+/// The base image itself is never written.
+fn linux_two_boots(transport: Transport, mode: Mode) {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let site = linux_site(dir.path(), transport, mode);
+    let base = site.image("base").unwrap().path.clone();
+    let before = assets::file_digest(&base);
+    let lab = Lab::start(&format!("linux-{}", transport.name()), site);
+    let first = boot_linux(&lab, "pc30");
+    assert_eq!(first.found, None, "a fresh disk already had the file");
+    let t1 = Instant::now();
+    let second = boot_linux(&lab, "pc30");
+    eprintln!(
+        "LAB linux {} {}: boot 1 {:.1} s, boot 2 {:.1} s",
+        transport.name(),
+        mode.name(),
+        (t1 - t0).as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
+    match mode {
+        Mode::Persistent => assert_eq!(
+            second.found.as_deref(),
+            Some(first.wrote.as_str()),
+            "persistent: the second boot must see the first boot's write"
+        ),
+        Mode::Throwaway => assert_eq!(
+            second.found, None,
+            "throwaway: the first boot's write must be gone after reboot"
+        ),
+        Mode::Shared => unreachable!(),
+    }
+    assert_ne!(first.wrote, second.wrote);
+    assert_eq!(
+        assets::file_digest(&base),
+        before,
+        "the base image was written"
+    );
+    report_timing(
+        &format!("linux {} {} (2 boots)", transport.name(), mode.name()),
+        &lab,
+        t0,
+    );
+}
+
+/// Linux attaches its root with the kernel's NBD driver (throwaway overlay).
+#[test]
+fn linux_root_on_nbd_throwaway() {
+    linux_two_boots(Transport::Nbd, Mode::Throwaway);
+}
+
+/// Linux attaches its root with iscsi_tcp (iscsistart logs in with CHAP);
+/// the per-host persistent disk keeps the first boot's write.
+#[test]
+fn linux_root_on_iscsi_persistent() {
+    linux_two_boots(Transport::Iscsi, Mode::Persistent);
+}
+
+/// Linux finds its root with the kernel's AoE driver (/dev/etherd/e1.1);
+/// the per-host persistent disk keeps the first boot's write.
+#[test]
+fn linux_root_on_aoe_persistent() {
+    linux_two_boots(Transport::Aoe, Mode::Persistent);
 }

@@ -417,7 +417,16 @@ pub fn write_ext4_disk(path: &Path, mib: u64) {
     drop(f);
     run_ok(
         Command::new(mkfs)
-            .args(["-q", "-F", "-O", "^has_journal", "-L", "anyboot-lab"])
+            .args([
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-O",
+                "^has_journal",
+                "-L",
+                "anyboot-lab",
+            ])
             .arg(path),
     );
 }

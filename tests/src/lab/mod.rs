@@ -362,10 +362,10 @@ impl Lab {
     pub fn check_daemons_alive(&self) {
         for d in &self.daemons {
             assert!(
-                vm::is_alive(d.daemon.pid()),
+                vm::is_alive(d.pid()),
                 "{} exited early; log:\n{}",
                 d.name,
-                d.daemon.log()
+                d.log()
             );
         }
     }
@@ -396,7 +396,7 @@ impl Lab {
     pub fn daemon_logs(&self) -> String {
         let mut s = String::new();
         for d in &self.daemons {
-            s.push_str(&format!("---- {} ----\n{}\n", d.name, d.daemon.log()));
+            s.push_str(&format!("---- {} ----\n{}\n", d.name, d.log()));
         }
         s
     }
@@ -434,9 +434,18 @@ impl Drop for Lab {
         let panicking = std::thread::panicking();
         for mut d in self.daemons.drain(..) {
             if panicking {
-                eprintln!("---- log of {} ----\n{}", d.name, d.daemon.log());
+                eprintln!("---- log of {} ----\n{}", d.name, d.log());
             }
-            d.daemon.stop_with(libc::SIGTERM, Duration::from_secs(3));
+            d.stop();
+        }
+        // Whatever still runs inside the lab namespace was started by the
+        // lab (forked server children): stop it by PID.
+        let out = run(Command::new("ip").args(["netns", "pids", &self.ns.name]));
+        for pid in String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            kill_pid(pid);
         }
         let n = *self.taps.lock().unwrap();
         for i in 0..n {
@@ -459,7 +468,15 @@ impl Drop for Lab {
 #[derive(Debug)]
 pub struct Server {
     pub name: String,
-    pub daemon: Daemon,
+    kind: ServerKind,
+}
+
+#[derive(Debug)]
+enum ServerKind {
+    /// Stays in the foreground as our child.
+    Child(Daemon),
+    /// Daemonized itself; its PID comes from its pid file.
+    Forked { pid: u32, log: PathBuf },
 }
 
 impl Server {
@@ -468,8 +485,85 @@ impl Server {
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Self {
         Server {
             name: name.to_owned(),
-            daemon: Daemon::spawn(name, cmd, log),
+            kind: ServerKind::Child(Daemon::spawn(name, cmd, log)),
         }
+    }
+
+    /// Runs `cmd`, a server that forks into the background and writes its PID
+    /// to `pidfile` (nbd-server only serves one client without forking).
+    pub fn spawn_forking(name: &str, cmd: &mut Command, log: &Path, pidfile: &Path) -> Self {
+        let f = File::create(log).unwrap();
+        let st = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .status()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        assert!(
+            st.success(),
+            "{name} failed to start ({st}): {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        let start = Instant::now();
+        let pid = loop {
+            if let Some(pid) = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{name} wrote no pid file"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Server {
+            name: name.to_owned(),
+            kind: ServerKind::Forked {
+                pid,
+                log: log.to_owned(),
+            },
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match &self.kind {
+            ServerKind::Child(d) => d.pid(),
+            ServerKind::Forked { pid, .. } => *pid,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        match &self.kind {
+            ServerKind::Child(d) => d.log(),
+            ServerKind::Forked { log, .. } => std::fs::read_to_string(log).unwrap_or_default(),
+        }
+    }
+
+    /// SIGTERM by PID, then SIGKILL after a grace period.
+    fn stop(&mut self) {
+        match &mut self.kind {
+            ServerKind::Child(d) => {
+                d.stop_with(libc::SIGTERM, Duration::from_secs(3));
+            }
+            ServerKind::Forked { pid, .. } => kill_pid(*pid),
+        }
+    }
+}
+
+/// SIGTERM, up to 3 s for the exit, then SIGKILL: for processes we started
+/// that are not our children.
+fn kill_pid(pid: u32) {
+    // SAFETY: kill has no memory preconditions; pid names a process we started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while vm::is_alive(pid) && start.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if vm::is_alive(pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
 }
 

@@ -107,12 +107,15 @@ pub fn start(lab: &Lab) -> Vec<Server> {
         }
         let conf = lab.path("nbd-server.conf");
         std::fs::write(&conf, c).unwrap();
+        // Without -d it forks per client (with -d it serves one and exits).
+        let pidfile = lab.path("nbd-server.pid");
         let mut cmd = lab.ns.command(nbd);
-        cmd.arg("-C").arg(&conf).arg("-d");
-        servers.push(Server::spawn(
+        cmd.arg("-C").arg(&conf).arg("-p").arg(&pidfile);
+        servers.push(Server::spawn_forking(
             "nbd-server",
             &mut cmd,
             &lab.path("nbd-server.log"),
+            &pidfile,
         ));
     }
 
