@@ -38,11 +38,13 @@ fn host(name: &str, n: u8, profile: &str) -> Host {
 }
 
 /// A boot variant whose "kernel" is an iPXE script from the boot tree that
-/// prints `marker` (iPXE executes script images like kernels).
+/// prints `marker` and stays (iPXE executes script images like kernels).
 fn marker_variant(name: &str, label: &str, marker: &str, site: &mut LabSite) -> Variant {
     let path = format!("lab/{name}.ipxe");
     site.texts
-        .push((path.clone(), format!("#!ipxe\necho {marker}\n")));
+        // `shell` waits for input, so control never returns to the host's
+        // script (which could otherwise fall through to the next entry).
+        .push((path.clone(), format!("#!ipxe\necho {marker}\nshell\n")));
     Variant {
         name: name.to_owned(),
         label: label.to_owned(),
@@ -178,7 +180,7 @@ fn aoe_sanboot_runs_the_boot_sector() {
 
 /// The boot tree and disks for Linux scenarios: Debian's kernel, the lab's
 /// initramfs, an ext4 base image served over `transport` in `mode`.
-fn linux_site(dir: &Path, transport: Transport, mode: Mode) -> LabSite {
+fn linux_site(dir: &Path, transport: Transport, mode: Mode, extra_cmdline: &str) -> LabSite {
     let kernel: Kernel = assets::debian_kernel();
     let (base_initrd, iscsi_initrd) = assets::initramfs(&kernel);
     let disk = dir.join("base.ext4");
@@ -198,7 +200,7 @@ fn linux_site(dir: &Path, transport: Transport, mode: Mode) -> LabSite {
     };
     let mut initrd = vec!["linux/initrd.gz".to_owned()];
     let mut cmdline = format!(
-        "console=ttyS0 quiet loglevel=3 panic=-1 anyboot.proto={} anyboot.server={SERVER_IP}",
+        "console=ttyS0 quiet loglevel=3 panic=-1 anyboot.proto={} anyboot.server={SERVER_IP}{extra_cmdline}",
         transport.name()
     );
     match transport {
@@ -275,6 +277,10 @@ fn field(log: &str, key: &str) -> Option<String> {
 
 fn boot_linux(lab: &Lab, host: &str) -> LinuxReport {
     let mut vm = lab.boot(host);
+    finish_linux(&mut vm)
+}
+
+fn finish_linux(vm: &mut anyboot_tests::lab::Vm<'_>) -> LinuxReport {
     let log = vm.wait_for("ANYBOOT-LAB: DONE", Duration::from_secs(240), LINUX_FAIL);
     vm.wait_exit(Duration::from_secs(30));
     parse_report(&log)
@@ -305,7 +311,7 @@ fn parse_report(log: &str) -> LinuxReport {
 fn linux_two_boots(transport: Transport, mode: Mode) {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let site = linux_site(dir.path(), transport, mode);
+    let site = linux_site(dir.path(), transport, mode, "");
     let base = site.image("base").unwrap().path.clone();
     let before = assets::file_digest(&base);
     let lab = Lab::start(&format!("linux-{}", transport.name()), site);
@@ -363,4 +369,102 @@ fn linux_root_on_iscsi_persistent() {
 #[test]
 fn linux_root_on_aoe_persistent() {
     linux_two_boots(Transport::Aoe, Mode::Persistent);
+}
+
+/// Two VMs boot the same base image at once over NBD, each with its own
+/// throwaway overlay: each writes its file, holds the disk mounted while the
+/// other writes, rereads the directory from the disk, and sees only its own.
+#[test]
+fn two_vms_share_a_base_with_private_overlays() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let site = linux_site(
+        dir.path(),
+        Transport::Nbd,
+        Mode::Throwaway,
+        " anyboot.hold=8",
+    );
+    let base = site.image("base").unwrap().path.clone();
+    let before = assets::file_digest(&base);
+    let lab = Lab::start("two-vms", site);
+    let mut a = lab.boot("pc30");
+    let mut b = lab.boot("pc31");
+    let ra = finish_linux(&mut a);
+    let rb = finish_linux(&mut b);
+    let tag = |n: u8| {
+        lab.site
+            .host(if n == 30 { "pc30" } else { "pc31" })
+            .unwrap()
+            .mac_dashed()
+    };
+    for (r, own) in [(&ra, tag(30)), (&rb, tag(31))] {
+        assert_eq!(r.found, None, "{own}: a fresh overlay already had the file");
+        assert_eq!(r.seen, vec![own.clone()], "{own}: sees another VM's file");
+    }
+    assert_ne!(ra.wrote, rb.wrote);
+    assert_eq!(
+        assets::file_digest(&base),
+        before,
+        "the base image was written"
+    );
+    report_timing("two VMs at once (nbd throwaway)", &lab, t0);
+}
+
+/// A host whose profile has several variants gets an iPXE menu; the host's
+/// `variant` in the inventory picks a non-default entry, which boots after
+/// the menu's timeout. A second host of the profile boots the default.
+#[test]
+fn boot_menu_boots_the_hosts_chosen_variant() {
+    let t0 = Instant::now();
+    let n = nonce();
+    let mut site = LabSite::default();
+    let variants = vec![
+        marker_variant(
+            "one",
+            "First-entry",
+            &format!("ANYBOOT-MENU-ONE-{n}"),
+            &mut site,
+        ),
+        marker_variant(
+            "two",
+            "Second-entry",
+            &format!("ANYBOOT-MENU-TWO-{n}"),
+            &mut site,
+        ),
+        marker_variant(
+            "three",
+            "Third-entry",
+            &format!("ANYBOOT-MENU-THREE-{n}"),
+            &mut site,
+        ),
+    ];
+    let mut p = profile("menu", variants);
+    p.default_variant = Some("one".into());
+    p.menu_timeout = 2;
+    site.profiles.push(p);
+    let mut chooser = host("pc40", 40, "menu");
+    chooser.variant = Some("two".into());
+    site.hosts.push(chooser);
+    site.hosts.push(host("pc41", 41, "menu"));
+    let lab = Lab::start("menu", site);
+    let mut chosen = lab.boot("pc40");
+    let mut default = lab.boot("pc41");
+    let log = chosen.wait_for(
+        &format!("ANYBOOT-MENU-TWO-{n}"),
+        Duration::from_secs(90),
+        IPXE_FAIL,
+    );
+    for label in ["First-entry", "Second-entry", "Third-entry"] {
+        assert!(log.contains(label), "pc40: the menu did not show {label}");
+    }
+    assert!(!log.contains(&format!("ANYBOOT-MENU-ONE-{n}")));
+    assert!(!log.contains(&format!("ANYBOOT-MENU-THREE-{n}")));
+    let log = default.wait_for(
+        &format!("ANYBOOT-MENU-ONE-{n}"),
+        Duration::from_secs(90),
+        IPXE_FAIL,
+    );
+    assert!(log.contains("Second-entry"), "pc41: no menu shown");
+    assert!(!log.contains(&format!("ANYBOOT-MENU-TWO-{n}")));
+    report_timing("boot menu (2 VMs at once)", &lab, t0);
 }

@@ -444,7 +444,8 @@ pub fn ipxe_script(site: &LabSite, host: &Host) -> String {
             default.name
         );
         for v in &p.variants {
-            let _ = write!(s, ":{}\n{}", v.name, variant_lines(site, p, v));
+            // `exit` keeps a returning entry from falling into the next one.
+            let _ = write!(s, ":{}\n{}exit 1\n", v.name, variant_lines(site, p, v));
         }
     } else {
         s.push_str(&variant_lines(site, p, default));
