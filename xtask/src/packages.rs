@@ -57,6 +57,9 @@ pub const TEST: &[Requirement] = &[
     ),
     ("ipxe-qemu", "", "iPXE ROMs for the lab VMs"),
     ("qemu-block-extra", "", "qemu iscsi:// block driver"),
+    ("ipxe", "", "undionly.kpxe for the lab's boot tree"),
+    ("open-iscsi", "iscsistart", "iSCSI login in the lab's Linux initramfs"),
+    ("e2fsprogs", "mkfs.ext4", "root file systems of the lab's Linux guests"),
 ];
 
 fn has_command(cmd: &str) -> bool {
