@@ -70,9 +70,10 @@ fn profile(name: &str, variants: Vec<Variant>) -> Profile {
 
 const IPXE_FAIL: &[&str] = &["No more network devices", "Could not boot", "Boot failed"];
 
-/// PXE: DHCP gives the address and the per-host script name, TFTP serves
-/// the script, iPXE runs it; a second boot of the same VM (iPXE again, known
-/// by its user class) gets the script again instead of the iPXE binary.
+/// PXE: a plain PXE client is offered `undionly.kpxe` (and gets it over
+/// TFTP); iPXE, known by its user class, gets the address and the per-host
+/// script name instead, TFTP serves the script, iPXE runs it; a second boot
+/// of the same VM gets the script again, not the iPXE binary (no loop).
 #[test]
 fn pxe_boots_the_per_host_script_twice_without_looping() {
     let t0 = Instant::now();
@@ -81,7 +82,30 @@ fn pxe_boots_the_per_host_script_twice_without_looping() {
     let v = marker_variant("hello", "Hello", &marker, &mut site);
     site.profiles.push(profile("hello", vec![v]));
     site.hosts.push(host("pc10", 10, "hello"));
+    site.hosts.push(host("pc11", 11, "hello"));
     let lab = Lab::start("pxe", site);
+    // A plain PXE ROM (no user class iPXE) is offered the iPXE binary, which
+    // TFTP serves unchanged.
+    let env = lab.pxe_dhcp_probe(mac(11));
+    assert_eq!(
+        env.get("ip").map(String::as_str),
+        Some("10.77.0.11"),
+        "{env:?}"
+    );
+    let file = env
+        .get("bootfile")
+        .or(env.get("boot_file"))
+        .unwrap_or_else(|| panic!("no boot file offered to a PXE client: {env:?}"));
+    assert!(
+        file.ends_with("undionly.kpxe"),
+        "a PXE BIOS client must get undionly.kpxe, got {file:?}"
+    );
+    let undi = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap();
+    assert!(
+        lab.tftp_get(file) == undi,
+        "TFTP served a different undionly.kpxe"
+    );
+    // iPXE itself (QEMU's ROM sends user class iPXE) gets the host's script.
     let h = lab.site.host("pc10").unwrap().clone();
     for boot in 1..=2 {
         let mut vm = lab.boot("pc10");

@@ -414,6 +414,73 @@ impl Lab {
         name
     }
 
+    /// Asks the lab's DHCP server for a lease the way a BIOS PXE ROM does
+    /// (vendor class `PXEClient:Arch:00000`, option 93 = 0, no user class
+    /// `iPXE`), with busybox udhcpc on a veth with MAC `mac` joined to the
+    /// bridge. Returns the variables udhcpc hands its script (`ip`,
+    /// `siaddr`, `boot_file` from the header, `bootfile` from option 67, ...).
+    pub fn pxe_dhcp_probe(&self, mac: [u8; 6]) -> std::collections::BTreeMap<String, String> {
+        let busybox = require("busybox", "busybox-static");
+        let mac_s = site::mac_string(mac, ":");
+        self.ns.exec_ok(&[
+            "ip", "link", "add", "probe0", "address", &mac_s, "type", "veth", "peer", "name",
+            "probe0b",
+        ]);
+        self.ns
+            .exec_ok(&["ip", "link", "set", "probe0b", "master", BRIDGE, "up"]);
+        self.ns.exec_ok(&["ip", "link", "set", "probe0", "up"]);
+        let env = self.path("probe.env");
+        let script = self.path("probe.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+[ \"$1\" = bound ] && env > {}\nexit 0\n",
+                env.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = run(self
+            .ns
+            .command(&busybox)
+            .args([
+                "udhcpc", "-i", "probe0", "-f", "-q", "-n", "-t", "5", "-T", "1",
+            ])
+            .args(["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"])
+            .args(["-O", "66", "-O", "67", "-s"])
+            .arg(&script));
+        let _ = run(self.ns.command("ip").args(["link", "del", "probe0"]));
+        let text = std::fs::read_to_string(&env).unwrap_or_else(|_| {
+            panic!(
+                "udhcpc got no lease as a PXE client:\n{}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.daemon_logs()
+            )
+        });
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// Fetches `name` from the lab's TFTP server with busybox tftp.
+    pub fn tftp_get(&self, name: &str) -> Vec<u8> {
+        let busybox = require("busybox", "busybox-static");
+        let out = self.path("tftp-get.out");
+        let _ = std::fs::remove_file(&out);
+        run_ok(
+            self.ns
+                .command(busybox)
+                .args(["tftp", "-g", "-b", "1432", "-r", name, "-l"])
+                .arg(&out)
+                .arg(SERVER_IP.to_string()),
+        );
+        std::fs::read(&out).unwrap()
+    }
+
     /// Boots the inventory host `host` from the network in a new VM.
     pub fn boot(&self, host: &str) -> Vm<'_> {
         let h = self

@@ -115,7 +115,8 @@ impl Host {
     }
 }
 
-fn mac_string(mac: [u8; 6], sep: &str) -> String {
+/// `mac` as hex pairs joined by `sep`.
+pub fn mac_string(mac: [u8; 6], sep: &str) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
