@@ -383,6 +383,13 @@ impl Lab {
             }) {
                 return;
             }
+            if let Some(d) = self.daemons.iter().find(|d| !vm::is_alive(d.pid())) {
+                panic!(
+                    "{} exited before {proto} port {port} was listening; daemon logs:\n{}",
+                    d.name,
+                    self.daemon_logs()
+                );
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(15),
                 "nothing listens on {proto} port {port} in the lab after 15 s; daemon logs:\n{}",
