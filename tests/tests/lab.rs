@@ -202,80 +202,94 @@ fn aoe_sanboot_runs_the_boot_sector() {
     sanboot(Transport::Aoe);
 }
 
-/// The boot tree and disks for Linux scenarios: Debian's kernel, the lab's
-/// initramfs, an ext4 base image served over `transport` in `mode`.
-fn linux_site(dir: &Path, transport: Transport, mode: Mode, extra_cmdline: &str) -> LabSite {
+/// The boot tree and disks for Linux scenarios over `transport`: Debian's
+/// kernel and the lab's initramfs; two base images (copies of one ext4 file
+/// system), `keep` served in persistent mode to profile `keep` (host pc30)
+/// and `fresh` served in throwaway mode to profile `fresh` (hosts pc31, pc32;
+/// their kernel command line gets `fresh_extra`).
+fn linux_site(dir: &Path, transport: Transport, fresh_extra: &str) -> LabSite {
     let kernel: Kernel = assets::debian_kernel();
     let (base_initrd, iscsi_initrd) = assets::initramfs(&kernel);
-    let disk = dir.join("base.ext4");
-    assets::write_ext4_disk(&disk, 32);
     let mut site = LabSite::default();
     site.files
         .push(("linux/vmlinuz".into(), kernel.vmlinuz.clone()));
     site.files.push(("linux/initrd.gz".into(), base_initrd));
     site.files.push(("linux/iscsi.gz".into(), iscsi_initrd));
-    site.images.push(Disk {
-        name: "base".into(),
-        path: disk,
-    });
-    let t = SanTarget {
-        image: "base".into(),
-        mode,
-    };
-    let mut initrd = vec!["linux/initrd.gz".to_owned()];
-    let mut cmdline = format!(
-        "console=ttyS0 quiet loglevel=3 panic=-1 anyboot.proto={} anyboot.server={SERVER_IP}{extra_cmdline}",
-        transport.name()
-    );
-    match transport {
-        Transport::Nbd => {
-            site.nbd.push(NbdExport {
-                name: "root".into(),
-                disk: t,
-            });
-            cmdline += &format!(" anyboot.port={} anyboot.export=root", site::NBD_PORT);
+    let fs = dir.join("keep.ext4");
+    assets::write_ext4_disk(&fs, 32);
+    std::fs::copy(&fs, dir.join("fresh.ext4")).unwrap();
+    for (n, (name, mode)) in [("keep", Mode::Persistent), ("fresh", Mode::Throwaway)]
+        .into_iter()
+        .enumerate()
+    {
+        site.images.push(Disk {
+            name: name.into(),
+            path: dir.join(format!("{name}.ext4")),
+        });
+        let t = SanTarget {
+            image: name.into(),
+            mode,
+        };
+        let mut initrd = vec!["linux/initrd.gz".to_owned()];
+        let mut cmdline = format!(
+            "console=ttyS0 quiet loglevel=3 panic=-1 anyboot.proto={} anyboot.server={SERVER_IP}",
+            transport.name()
+        );
+        match transport {
+            Transport::Nbd => {
+                site.nbd.push(NbdExport {
+                    name: name.into(),
+                    disk: t,
+                });
+                cmdline += &format!(" anyboot.port={} anyboot.export={name}", site::NBD_PORT);
+            }
+            Transport::Iscsi => {
+                let iqn = format!("iqn.2026-11.org.anyboot.lab:{name}");
+                site.iscsi.push(IscsiTarget {
+                    iqn: iqn.clone(),
+                    lun: 0,
+                    disk: t,
+                });
+                site.chap = Some(("labuser".into(), "lab-secret-1234".into()));
+                cmdline += &format!(
+                    " anyboot.port={} anyboot.export={iqn} anyboot.user=labuser anyboot.secret=lab-secret-1234",
+                    site::ISCSI_PORT
+                );
+                initrd.push("linux/iscsi.gz".into());
+            }
+            Transport::Aoe => {
+                let slot = n as u8 + 1;
+                site.aoe.push(AoeTarget {
+                    shelf: 1,
+                    slot,
+                    disk: t,
+                });
+                cmdline += &format!(" anyboot.export=e1.{slot}");
+            }
         }
-        Transport::Iscsi => {
-            let iqn = "iqn.2026-11.org.anyboot.lab:root";
-            site.iscsi.push(IscsiTarget {
-                iqn: iqn.into(),
-                lun: 0,
-                disk: t,
-            });
-            site.chap = Some(("labuser".into(), "lab-secret-1234".into()));
-            cmdline += &format!(
-                " anyboot.port={} anyboot.export={iqn} anyboot.user=labuser anyboot.secret=lab-secret-1234",
-                site::ISCSI_PORT
-            );
-            initrd.push("linux/iscsi.gz".into());
+        if mode == Mode::Throwaway {
+            cmdline += fresh_extra;
         }
-        Transport::Aoe => {
-            site.aoe.push(AoeTarget {
-                shelf: 1,
-                slot: 1,
-                disk: t,
-            });
-            cmdline += " anyboot.export=e1.1";
-        }
+        let mut p = profile(
+            name,
+            vec![Variant {
+                name: "linux".into(),
+                label: format!("Linux on the {name} disk"),
+                boot: Boot::Kernel {
+                    kernel: "linux/vmlinuz".into(),
+                    initrd,
+                    cmdline,
+                },
+            }],
+        );
+        p.image = Some(name.into());
+        p.transport = Some(transport);
+        p.mode = mode;
+        site.profiles.push(p);
     }
-    let mut p = profile(
-        "linux",
-        vec![Variant {
-            name: "linux".into(),
-            label: "Linux on a network disk".into(),
-            boot: Boot::Kernel {
-                kernel: "linux/vmlinuz".into(),
-                initrd,
-                cmdline,
-            },
-        }],
-    );
-    p.image = Some("base".into());
-    p.transport = Some(transport);
-    p.mode = mode;
-    site.profiles.push(p);
-    site.hosts.push(host("pc30", 30, "linux"));
-    site.hosts.push(host("pc31", 31, "linux"));
+    site.hosts.push(host("pc30", 30, "keep"));
+    site.hosts.push(host("pc31", 31, "fresh"));
+    site.hosts.push(host("pc32", 32, "fresh"));
     site
 }
 
@@ -297,11 +311,6 @@ fn field(log: &str, key: &str) -> Option<String> {
             .split_once(&tag)
             .map(|(_, v)| v.trim().to_owned())
     })
-}
-
-fn boot_linux(lab: &Lab, host: &str) -> LinuxReport {
-    let mut vm = lab.boot(host);
-    finish_linux(&mut vm)
 }
 
 fn finish_linux(vm: &mut anyboot_tests::lab::Vm<'_>) -> LinuxReport {
@@ -329,70 +338,85 @@ fn parse_report(log: &str) -> LinuxReport {
     }
 }
 
-/// Boots Linux twice on the same host: the first boot writes a file to its
-/// network root disk; the second finds it (persistent) or not (throwaway).
-/// The base image itself is never written.
-fn linux_two_boots(transport: Transport, mode: Mode) {
+/// Linux on a network disk over `transport`, two rounds of two VMs booting
+/// at once: pc30 on its persistent disk, pc31 on a throwaway one. Each boot
+/// writes a fresh id to its root file system; in round 2 pc30 finds exactly
+/// the id it wrote in round 1, pc31 finds nothing. The base images are
+/// never written.
+fn linux_rounds(transport: Transport) {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let site = linux_site(dir.path(), transport, mode, "");
-    let base = site.image("base").unwrap().path.clone();
-    let before = assets::file_digest(&base);
+    let site = linux_site(dir.path(), transport, "");
+    let digests: Vec<(std::path::PathBuf, u64)> = site
+        .images
+        .iter()
+        .map(|i| (i.path.clone(), assets::file_digest(&i.path)))
+        .collect();
     let lab = Lab::start(&format!("linux-{}", transport.name()), site);
-    let first = boot_linux(&lab, "pc30");
-    assert_eq!(first.found, None, "a fresh disk already had the file");
-    let t1 = Instant::now();
-    let second = boot_linux(&lab, "pc30");
-    eprintln!(
-        "LAB linux {} {}: boot 1 {:.1} s, boot 2 {:.1} s",
-        transport.name(),
-        mode.name(),
-        (t1 - t0).as_secs_f64(),
-        t1.elapsed().as_secs_f64()
-    );
-    match mode {
-        Mode::Persistent => assert_eq!(
-            second.found.as_deref(),
-            Some(first.wrote.as_str()),
-            "persistent: the second boot must see the first boot's write"
-        ),
-        Mode::Throwaway => assert_eq!(
-            second.found, None,
-            "throwaway: the first boot's write must be gone after reboot"
-        ),
-        Mode::Shared => unreachable!(),
+    let mut rounds = Vec::new();
+    for round in 1..=2 {
+        let t = Instant::now();
+        let mut keep = lab.boot("pc30");
+        let mut fresh = lab.boot("pc31");
+        let r = (finish_linux(&mut keep), finish_linux(&mut fresh));
+        eprintln!(
+            "LAB linux {} round {round}: {:.1} s",
+            transport.name(),
+            t.elapsed().as_secs_f64()
+        );
+        rounds.push(r);
     }
-    assert_ne!(first.wrote, second.wrote);
+    let (k1, f1) = &rounds[0];
+    let (k2, f2) = &rounds[1];
     assert_eq!(
-        assets::file_digest(&base),
-        before,
-        "the base image was written"
+        k1.found, None,
+        "persistent: a new disk already had the file"
     );
+    assert_eq!(f1.found, None, "throwaway: a new disk already had the file");
+    assert_eq!(
+        k2.found.as_deref(),
+        Some(k1.wrote.as_str()),
+        "persistent: the second boot must find the first boot's write"
+    );
+    assert_eq!(
+        f2.found, None,
+        "throwaway: the first boot's write must be gone after reboot"
+    );
+    assert_ne!(k1.wrote, k2.wrote);
+    for (path, before) in digests {
+        assert_eq!(
+            assets::file_digest(&path),
+            before,
+            "the base image {} was written",
+            path.display()
+        );
+    }
     report_timing(
-        &format!("linux {} {} (2 boots)", transport.name(), mode.name()),
+        &format!(
+            "linux {} persistent+throwaway (2 rounds of 2 VMs)",
+            transport.name()
+        ),
         &lab,
         t0,
     );
 }
 
-/// Linux attaches its root with the kernel's NBD driver (throwaway overlay).
+/// Linux attaches its root with the kernel's NBD driver (static nbd-attach).
 #[test]
-fn linux_root_on_nbd_throwaway() {
-    linux_two_boots(Transport::Nbd, Mode::Throwaway);
+fn linux_root_on_nbd_persistent_and_throwaway() {
+    linux_rounds(Transport::Nbd);
 }
 
-/// Linux attaches its root with iscsi_tcp (iscsistart logs in with CHAP);
-/// the per-host persistent disk keeps the first boot's write.
+/// Linux attaches its root with iscsi_tcp (iscsistart logs in with CHAP).
 #[test]
-fn linux_root_on_iscsi_persistent() {
-    linux_two_boots(Transport::Iscsi, Mode::Persistent);
+fn linux_root_on_iscsi_persistent_and_throwaway() {
+    linux_rounds(Transport::Iscsi);
 }
 
-/// Linux finds its root with the kernel's AoE driver (/dev/etherd/e1.1);
-/// the per-host persistent disk keeps the first boot's write.
+/// Linux finds its root with the kernel's AoE driver (/dev/etherd/e1.N).
 #[test]
-fn linux_root_on_aoe_persistent() {
-    linux_two_boots(Transport::Aoe, Mode::Persistent);
+fn linux_root_on_aoe_persistent_and_throwaway() {
+    linux_rounds(Transport::Aoe);
 }
 
 /// Two VMs boot the same base image at once over NBD, each with its own
@@ -402,28 +426,21 @@ fn linux_root_on_aoe_persistent() {
 fn two_vms_share_a_base_with_private_overlays() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let site = linux_site(
-        dir.path(),
-        Transport::Nbd,
-        Mode::Throwaway,
-        " anyboot.hold=8",
-    );
-    let base = site.image("base").unwrap().path.clone();
+    let site = linux_site(dir.path(), Transport::Nbd, " anyboot.hold=8");
+    let base = site.image("fresh").unwrap().path.clone();
     let before = assets::file_digest(&base);
     let lab = Lab::start("two-vms", site);
-    let mut a = lab.boot("pc30");
-    let mut b = lab.boot("pc31");
+    let mut a = lab.boot("pc31");
+    let mut b = lab.boot("pc32");
     let ra = finish_linux(&mut a);
     let rb = finish_linux(&mut b);
-    let tag = |n: u8| {
-        lab.site
-            .host(if n == 30 { "pc30" } else { "pc31" })
-            .unwrap()
-            .mac_dashed()
-    };
-    for (r, own) in [(&ra, tag(30)), (&rb, tag(31))] {
-        assert_eq!(r.found, None, "{own}: a fresh overlay already had the file");
-        assert_eq!(r.seen, vec![own.clone()], "{own}: sees another VM's file");
+    for (r, host) in [(&ra, "pc31"), (&rb, "pc32")] {
+        let own = lab.site.host(host).unwrap().mac_dashed();
+        assert_eq!(
+            r.found, None,
+            "{host}: a fresh overlay already had the file"
+        );
+        assert_eq!(r.seen, vec![own], "{host}: sees another VM's file");
     }
     assert_ne!(ra.wrote, rb.wrote);
     assert_eq!(

@@ -212,6 +212,9 @@ pub struct Lab {
     daemons: Vec<Server>,
     ra: Option<RaSender>,
     taps: std::sync::Mutex<u32>,
+    /// Peers only: (image, base, copy) rewritten before each boot (throwaway
+    /// emulation for tgtd and vblade).
+    peer_fresh: std::sync::Mutex<Vec<(String, PathBuf, PathBuf)>>,
     /// Declared last: dropped after the daemons and the taps' users.
     pub ns: Netns,
     started: Instant,
@@ -282,6 +285,7 @@ impl Lab {
             daemons: Vec::new(),
             ra: Some(ra),
             taps: std::sync::Mutex::new(0),
+            peer_fresh: std::sync::Mutex::new(Vec::new()),
             ns,
             started,
         };
@@ -494,6 +498,12 @@ impl Lab {
             .site
             .host(host)
             .unwrap_or_else(|| panic!("no host {host} in the lab site"));
+        let image = self.site.profile(&h.profile).and_then(|p| p.image.clone());
+        for (img, base, copy) in self.peer_fresh.lock().unwrap().iter() {
+            if Some(img) == image.as_ref() {
+                std::fs::copy(base, copy).unwrap();
+            }
+        }
         Vm::start(self, host, h.mac, NicModel::E1000)
     }
 }

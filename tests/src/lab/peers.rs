@@ -6,7 +6,10 @@
 //!
 //! Disk modes: nbd-server's `copyonwrite` gives each connection a private
 //! overlay (throwaway). tgtd and vblade have no overlays; they serve a copy of
-//! the base made when the lab starts (persistent for the lab's lifetime).
+//! the base made when the lab starts (persistent for the lab's lifetime), and
+//! for throwaway that copy is rewritten from the base before each boot of a
+//! host of that image (so two hosts must not share a throwaway iSCSI/AoE image
+//! at the same time with the peers).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,13 +32,18 @@ fn backing_file(lab: &Lab, t: &SanTarget, copy_tag: &str, cow_capable: bool) -> 
         Mode::Shared => base.clone(),
         Mode::Throwaway if cow_capable => base.clone(),
         Mode::Throwaway | Mode::Persistent => {
-            if t.mode == Mode::Throwaway {
-                eprintln!(
-                    "LAB peers: {copy_tag}: the peer has no throwaway overlays; serving a fresh copy made at lab start"
-                );
-            }
             let p = lab.path(&format!("peer-{copy_tag}.img"));
             std::fs::copy(base, &p).unwrap();
+            if t.mode == Mode::Throwaway {
+                // tgtd and vblade have no overlays: the lab rewrites this copy
+                // from the base (in place, so the open file sees it) before
+                // each boot of a host of this image.
+                eprintln!("LAB peers: {copy_tag}: throwaway emulated by a fresh copy per boot");
+                lab.peer_fresh
+                    .lock()
+                    .unwrap()
+                    .push((t.image.clone(), base.clone(), p.clone()));
+            }
             p
         }
     }
