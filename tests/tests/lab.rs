@@ -131,6 +131,36 @@ fn pxe_boots_the_per_host_script_twice_without_looping() {
     report_timing("pxe (2 boots)", &lab, t0);
 }
 
+/// PXE from UEFI firmware (OVMF's own PXE client, no user class iPXE): it is
+/// offered an iPXE EFI binary over DHCP and loads it over TFTP; that iPXE
+/// DHCPs again as iPXE and gets the host's script (marker), not the binary
+/// again: the firmware downloads exactly one NBP.
+#[test]
+fn uefi_pxe_chains_to_ipxe_then_the_host_script() {
+    let t0 = Instant::now();
+    let marker = format!("ANYBOOT-UEFI-{}", nonce());
+    let mut site = LabSite::default();
+    let v = marker_variant("hello", "Hello", &marker, &mut site);
+    site.profiles.push(profile("hello", vec![v]));
+    site.hosts.push(host("pc12", 12, "hello"));
+    let lab = Lab::start("uefi", site);
+    let mut vm = lab.boot_uefi("pc12");
+    let log = vm.wait_for(&marker, Duration::from_secs(180), IPXE_FAIL);
+    assert_eq!(
+        log.matches("NBP file downloaded successfully").count(),
+        1,
+        "the firmware must load exactly one iPXE binary"
+    );
+    assert!(log.contains("iPXE initialising devices"), "no iPXE ran");
+    let h = lab.site.host("pc12").unwrap();
+    assert!(
+        log.contains(&format!("hosts/{}.ipxe", h.mac_dashed())),
+        "iPXE did not fetch the per-host script"
+    );
+    assert_eq!(log.matches(&marker).count(), 1);
+    report_timing("uefi pxe -> ipxe -> script", &lab, t0);
+}
+
 /// A 16 MiB disk whose first sector prints `marker`.
 fn san_site(dir: &Path, marker: &str, transport: Transport) -> LabSite {
     let disk = dir.join("san.img");

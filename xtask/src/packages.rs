@@ -60,6 +60,7 @@ pub const TEST: &[Requirement] = &[
     ("ipxe", "", "undionly.kpxe for the lab's boot tree"),
     ("open-iscsi", "iscsistart", "iSCSI login in the lab's Linux initramfs"),
     ("e2fsprogs", "mkfs.ext4", "root file systems of the lab's Linux guests"),
+    ("ovmf", "", "UEFI firmware for the lab's UEFI PXE boot"),
 ];
 
 fn has_command(cmd: &str) -> bool {

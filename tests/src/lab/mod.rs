@@ -506,6 +506,15 @@ impl Lab {
         }
         Vm::start(self, host, h.mac, NicModel::E1000)
     }
+
+    /// Boots `host` with UEFI firmware (OVMF) and its own PXE client.
+    pub fn boot_uefi(&self, host: &str) -> Vm<'_> {
+        let h = self
+            .site
+            .host(host)
+            .unwrap_or_else(|| panic!("no host {host} in the lab site"));
+        Vm::start(self, host, h.mac, NicModel::UefiVirtio)
+    }
 }
 
 impl Drop for Lab {

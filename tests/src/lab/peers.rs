@@ -78,9 +78,11 @@ pub fn start(lab: &Lab) -> Vec<Server> {
         site::POOL.1,
         lab.path("dnsmasq.leases").display()
     );
+    // Plain PXE: BIOS gets undionly.kpxe, x86-64 UEFI (arch 7) snponly.efi.
     let _ = writeln!(
         c,
-        "dhcp-userclass=set:ipxe,iPXE\ndhcp-boot=tag:!ipxe,undionly.kpxe"
+        "dhcp-userclass=set:ipxe,iPXE\ndhcp-match=set:efi64,option:client-arch,7\n\
+         dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\ndhcp-boot=tag:!ipxe,tag:efi64,snponly.efi"
     );
     for (i, h) in lab.site.hosts.iter().enumerate() {
         let _ = writeln!(

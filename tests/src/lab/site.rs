@@ -185,7 +185,8 @@ impl LabSite {
         self.images.iter().find(|i| i.name == name)
     }
 
-    /// Copies the boot tree's real files (and `undionly.kpxe`) under `root`.
+    /// Copies the boot tree's real files (and `undionly.kpxe`, `ipxe.efi`,
+    /// `snponly.efi`) under `root`.
     pub fn populate_boot_tree(&self, root: &Path) {
         let undi = Path::new("/usr/lib/ipxe/undionly.kpxe");
         assert!(
@@ -194,6 +195,11 @@ impl LabSite {
             undi.display()
         );
         std::fs::copy(undi, root.join("undionly.kpxe")).unwrap();
+        // iPXE for x86-64 UEFI PXE clients: the full build and the one that
+        // drives the NIC through the firmware's SNP.
+        for efi in ["ipxe.efi", "snponly.efi"] {
+            std::fs::copy(Path::new("/usr/lib/ipxe").join(efi), root.join(efi)).unwrap();
+        }
         for (rel, src) in &self.files {
             let dst = root.join(rel);
             std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
