@@ -83,8 +83,8 @@ impl Accel {
         }
     }
 
-    /// A guest timeout for this accelerator: `base` is sized for TCG; KVM that
-    /// passed the probe is faster, so it keeps the same bound.
+    /// A guest timeout for this accelerator: `base` is the bound for a KVM
+    /// guest (one that passed the probe); TCG gets twice as long.
     pub fn timeout(self, base: Duration) -> Duration {
         match self {
             Accel::Kvm => base,
