@@ -133,7 +133,8 @@ pub fn start(lab: &Lab) -> Vec<Server> {
         let tgtd = require("tgtd", "tgt");
         let tgtadm = require("tgtadm", "tgt");
         // A private management port: other tests may run their own tgtd.
-        let ctl = (20000 + std::process::id() % 20000).to_string();
+        // (tgtadm accepts 0..=32767).
+        let ctl = (1000 + std::process::id() % 30000).to_string();
         let mut cmd = lab.ns.command(&tgtd);
         cmd.args(["-f", "-C", &ctl]);
         servers.push(Server::spawn("tgtd", &mut cmd, &lab.path("tgtd.log")));
