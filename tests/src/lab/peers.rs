@@ -133,8 +133,10 @@ pub fn start(lab: &Lab) -> Vec<Server> {
         let tgtd = require("tgtd", "tgt");
         let tgtadm = require("tgtadm", "tgt");
         // A private management port: other tests may run their own tgtd.
-        // (tgtadm accepts 0..=32767).
-        let ctl = (1000 + std::process::id() % 30000).to_string();
+        // (tgtadm accepts 0..=32767), distinct per lab of this process too.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ctl = (1000 + (std::process::id() * 16 + n) % 30000).to_string();
         let mut cmd = lab.ns.command(&tgtd);
         cmd.args(["-f", "-C", &ctl]);
         servers.push(Server::spawn("tgtd", &mut cmd, &lab.path("tgtd.log")));
