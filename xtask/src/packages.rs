@@ -58,8 +58,16 @@ pub const TEST: &[Requirement] = &[
     ("ipxe-qemu", "", "iPXE ROMs for the lab VMs"),
     ("qemu-block-extra", "", "qemu iscsi:// block driver"),
     ("ipxe", "", "undionly.kpxe for the lab's boot tree"),
-    ("open-iscsi", "iscsistart", "iSCSI login in the lab's Linux initramfs"),
-    ("e2fsprogs", "mkfs.ext4", "root file systems of the lab's Linux guests"),
+    (
+        "open-iscsi",
+        "iscsistart",
+        "iSCSI login in the lab's Linux initramfs",
+    ),
+    (
+        "e2fsprogs",
+        "mkfs.ext4",
+        "root file systems of the lab's Linux guests",
+    ),
     ("ovmf", "", "UEFI firmware for the lab's UEFI PXE boot"),
 ];
 

@@ -438,3 +438,32 @@ pub fn ext4_has_file(path: &Path, name: &str) -> bool {
     let out = run(Command::new(debugfs).args(["-R", "ls -l /lab"]).arg(path));
     contains(&out.stdout, name.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_sector_has_signature_code_and_message() {
+        let s = boot_sector("HELLO-LAB");
+        assert_eq!(&s[510..], &[0x55, 0xaa]);
+        // mov dx, 0x3f8 and out dx, al are there; si points at the message.
+        assert_eq!(&s[6..9], &[0xba, 0xf8, 0x03]);
+        assert_eq!(s[0x11], 0xee);
+        let si = u16::from_le_bytes([s[10], s[11]]) - 0x7c00;
+        let msg = &s[usize::from(si)..];
+        let end = msg.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(&msg[..end], b"\r\nHELLO-LAB\r\n");
+    }
+
+    #[test]
+    fn module_depends_reads_the_modinfo_list() {
+        let ko = b"\x7fELF...\0license=GPL\0depends=scsi_transport_iscsi,t10-pi\0vermagic=6.1\0";
+        assert_eq!(
+            module_depends(ko),
+            vec!["scsi_transport_iscsi".to_owned(), "t10_pi".to_owned()]
+        );
+        assert!(module_depends(b"\0depends=\0").is_empty());
+        assert!(module_depends(b"no modinfo").is_empty());
+    }
+}

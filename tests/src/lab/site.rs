@@ -459,3 +459,83 @@ pub fn ipxe_script(site: &LabSite, host: &Host) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn menu_site() -> LabSite {
+        let v = |n: &str| Variant {
+            name: n.into(),
+            label: format!("Entry {n}"),
+            boot: Boot::Kernel {
+                kernel: format!("lab/{n}.ipxe"),
+                initrd: vec!["linux/initrd.gz".into()],
+                cmdline: "console=ttyS0".into(),
+            },
+        };
+        LabSite {
+            profiles: vec![Profile {
+                name: "menu".into(),
+                image: None,
+                mode: Mode::Shared,
+                transport: None,
+                variants: vec![v("one"), v("two")],
+                default_variant: Some("one".into()),
+                menu_timeout: 3,
+            }],
+            hosts: vec![Host {
+                name: "pc".into(),
+                mac: [0x52, 0x54, 0, 0x77, 0, 9],
+                address: Ipv4Addr::new(10, 77, 0, 9),
+                profile: "menu".into(),
+                variant: Some("two".into()),
+            }],
+            ..LabSite::default()
+        }
+    }
+
+    #[test]
+    fn script_has_a_menu_with_the_hosts_default_and_absolute_paths() {
+        let site = menu_site();
+        let s = ipxe_script(&site, &site.hosts[0]);
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("item one Entry one\nitem two Entry two\n"));
+        assert!(s.contains("choose --default two --timeout 3000 selected"));
+        assert!(s.contains(
+            ":two\nkernel /lab/two.ipxe console=ttyS0\ninitrd /linux/initrd.gz\nboot\nexit 1\n"
+        ));
+    }
+
+    #[test]
+    fn site_toml_names_every_section() {
+        let mut site = menu_site();
+        site.images.push(Disk {
+            name: "base".into(),
+            path: "/x/base.img".into(),
+        });
+        site.nbd.push(NbdExport {
+            name: "root".into(),
+            disk: SanTarget {
+                image: "base".into(),
+                mode: Mode::Throwaway,
+            },
+        });
+        let t = site_toml(&site, Path::new("/lab"), Path::new("/lab/tftp"));
+        for needle in [
+            "[site]",
+            "state_dir = \"/lab/state\"",
+            "[[image]]\nname = \"base\"",
+            "default_variant = \"one\"",
+            "menu_timeout = 3",
+            "mac = \"52:54:00:77:00:09\"",
+            "variant = \"two\"",
+            "interfaces = [\"br0\"]",
+            "network = \"10.77.0.0/24\"",
+            "listen = [\"10.77.0.1:69\"]",
+            "[[nbd.export]]\nname = \"root\"\nimage = \"base\"\ndisk = \"throwaway\"",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
+        }
+    }
+}
