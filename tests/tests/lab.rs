@@ -68,7 +68,15 @@ fn profile(name: &str, variants: Vec<Variant>) -> Profile {
     }
 }
 
-const IPXE_FAIL: &[&str] = &["No more network devices", "Could not boot", "Boot failed"];
+/// Console lines that mean the boot went wrong (iPXE's errors, and the
+/// failure branch of our tftpd's generated scripts).
+const IPXE_FAIL: &[&str] = &[
+    "No more network devices",
+    "Could not boot",
+    "Boot failed",
+    "Could not open SAN device",
+    "anyboot: booting",
+];
 
 /// PXE: a plain PXE client is offered `undionly.kpxe` (and gets it over
 /// TFTP); iPXE, known by its user class, gets the address and the per-host

@@ -320,6 +320,7 @@ impl Lab {
 
     fn start_anyboot(&mut self) {
         let toml = site::site_toml(&self.site, self.dir.path(), &self.tftp_root());
+        std::fs::create_dir_all(self.path("state")).unwrap();
         let cfg = self.path("site.toml");
         std::fs::write(&cfg, &toml).unwrap();
         eprintln!("LAB site file {}:\n{toml}", cfg.display());

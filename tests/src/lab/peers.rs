@@ -78,11 +78,12 @@ pub fn start(lab: &Lab) -> Vec<Server> {
         site::POOL.1,
         lab.path("dnsmasq.leases").display()
     );
-    // Plain PXE: BIOS gets undionly.kpxe, x86-64 UEFI (arch 7) snponly.efi.
+    // Plain PXE: BIOS gets undionly.kpxe, x86-64 UEFI (arch 7) ipxe.efi (the
+    // defaults of our dhcpd).
     let _ = writeln!(
         c,
         "dhcp-userclass=set:ipxe,iPXE\ndhcp-match=set:efi64,option:client-arch,7\n\
-         dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\ndhcp-boot=tag:!ipxe,tag:efi64,snponly.efi"
+         dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\ndhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi"
     );
     for (i, h) in lab.site.hosts.iter().enumerate() {
         let _ = writeln!(

@@ -339,19 +339,16 @@ pub fn site_toml(site: &LabSite, dir: &Path, tftp_root: &Path) -> String {
     }
     if !site.iscsi.is_empty() {
         let _ = writeln!(w, "[iscsi]\nlisten = [\"{SERVER_IP}:{ISCSI_PORT}\"]\n");
-        if let Some((user, secret)) = &site.chap {
-            // LEAD: the iSCSI branch names its CHAP keys; put them on the
-            // target below. The lab's guests log in with these.
-            let _ = writeln!(
-                w,
-                "# CHAP for every target: user {user:?}, secret {secret:?}\n"
-            );
-        }
         for t in &site.iscsi {
+            let _ = writeln!(w, "[[iscsi.target]]\niqn = {}", q(&t.iqn));
+            if let Some((user, secret)) = &site.chap {
+                // The iscsi branch's `[iscsi.target.chap]` (user, secret); iPXE
+                // does MD5 CHAP and needs a secret of 12 bytes or more.
+                let _ = writeln!(w, "chap = {{ user = {}, secret = {} }}", q(user), q(secret));
+            }
             let _ = writeln!(
                 w,
-                "[[iscsi.target]]\niqn = {}\n\n[[iscsi.target.lun]]\nlun = {}\nimage = {}\ndisk = {}\n",
-                q(&t.iqn),
+                "\n[[iscsi.target.lun]]\nlun = {}\nimage = {}\ndisk = {}\n",
                 t.lun,
                 q(&t.disk.image),
                 q(t.disk.mode.name())
