@@ -287,3 +287,5 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
         .expect("netns thread panicked")
     })
 }
+
+pub mod lab;

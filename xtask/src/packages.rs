@@ -57,13 +57,28 @@ pub const TEST: &[Requirement] = &[
         "network-boot lab VMs",
     ),
     ("ipxe-qemu", "", "iPXE ROMs for the lab VMs"),
-    ("ipxe", "", "ipxe.lkrn: iPXE as an iSCSI initiator in tests"),
+    (
+        "ipxe",
+        "",
+        "undionly.kpxe and ipxe.lkrn: the lab's boot tree, iPXE as an iSCSI initiator",
+    ),
     ("qemu-block-extra", "", "qemu iscsi:// block driver"),
     (
         "strace",
         "strace",
         "images: syscall order of overlay flushes",
     ),
+    (
+        "open-iscsi",
+        "iscsistart",
+        "iSCSI login in the lab's Linux initramfs",
+    ),
+    (
+        "e2fsprogs",
+        "mkfs.ext4",
+        "root file systems of the lab's Linux guests",
+    ),
+    ("ovmf", "", "UEFI firmware for the lab's UEFI PXE boot"),
 ];
 
 fn has_command(cmd: &str) -> bool {
