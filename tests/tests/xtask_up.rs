@@ -10,7 +10,7 @@ use anyboot_tests::{bin, free_tcp_port, free_udp_port, wait_for_tcp, Daemon};
 fn process_alive(pid: i32) -> bool {
     // A zombie still answers kill(0); read its state to tell.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"),
+        Ok(s) => s.split_whitespace().nth(2).is_none_or(|st| st != "Z"),
         Err(_) => false,
     }
 }
