@@ -230,8 +230,13 @@ fn ipxe_script(site: &Site, opts: &Options, h: &Host, p: &Profile) -> Result<Str
             }
             let _ = writeln!(s, "boot || goto failed");
         } else {
-            let url = sanboot_url(site, opts, p, v)
+            let (url, chap) = sanboot_url(site, opts, p, v)
                 .map_err(|problem| site.error(format!("profile[{pi}].variant[{vi}]"), problem))?;
+            // iPXE takes iSCSI CHAP credentials from these settings (it only
+            // speaks CHAP_A=5, MD5, which the target accepts).
+            for (setting, value) in chap {
+                let _ = writeln!(s, "set {setting} {value}");
+            }
             let _ = writeln!(s, "sanboot {url} || goto failed");
         }
     }
@@ -245,7 +250,17 @@ fn ipxe_script(site: &Site, opts: &Options, h: &Host, p: &Profile) -> Result<Str
     Ok(s)
 }
 
-fn sanboot_url(site: &Site, opts: &Options, p: &Profile, v: &Variant) -> Result<String, String> {
+/// iPXE settings (name, value) that carry a target's CHAP credentials.
+type ChapSettings = Vec<(&'static str, String)>;
+
+/// The `sanboot` URL of a variant's disk, and the CHAP settings iPXE needs to
+/// log in to it (empty for AoE and for iSCSI targets without CHAP).
+fn sanboot_url(
+    site: &Site,
+    opts: &Options,
+    p: &Profile,
+    v: &Variant,
+) -> Result<(String, ChapSettings), String> {
     let image = v
         .image
         .as_deref()
@@ -276,7 +291,8 @@ fn sanboot_url(site: &Site, opts: &Options, p: &Profile, v: &Variant) -> Result<
                         l.lun.to_string()
                     };
                     // RFC 4173 form iPXE reads: iscsi:<server>:<proto>:<port>:<lun>:<iqn>
-                    return Ok(format!("iscsi:{server}::{port}:{lun}:{}", t.iqn));
+                    let url = format!("iscsi:{server}::{port}:{lun}:{}", t.iqn);
+                    return Ok((url, chap_settings(t.chap.as_ref(), &t.iqn)?));
                 }
             }
             Err(format!("no [[iscsi.target.lun]] exports image `{image}`"))
@@ -289,12 +305,40 @@ fn sanboot_url(site: &Site, opts: &Options, p: &Profile, v: &Variant) -> Result<
             aoe.targets
                 .iter()
                 .find(|t| t.image.as_deref() == Some(image))
-                .map(|t| format!("aoe:e{}.{}", t.shelf, t.slot))
+                .map(|t| (format!("aoe:e{}.{}", t.shelf, t.slot), Vec::new()))
                 .ok_or_else(|| format!("no [[aoe.target]] exports image `{image}`"))
         }
         Some(Transport::Nbd) => Err("iPXE cannot sanboot over NBD; use iscsi or aoe".into()),
         None => Err("a sanboot variant needs the profile's `transport` (iscsi or aoe)".into()),
     }
+}
+
+/// `set username/password` (and `reverse-*` for mutual CHAP) for iPXE. Values
+/// go into a script line verbatim, so characters iPXE would split on or expand
+/// (white space, `$`, control characters) are refused.
+fn chap_settings(
+    chap: Option<&anyboot_config::iscsi::IscsiChap>,
+    iqn: &str,
+) -> Result<ChapSettings, String> {
+    let Some(c) = chap else { return Ok(Vec::new()) };
+    let mut out = vec![("username", c.user.clone()), ("password", c.secret.clone())];
+    if let (Some(u), Some(sec)) = (&c.mutual_user, &c.mutual_secret) {
+        out.push(("reverse-username", u.clone()));
+        out.push(("reverse-password", sec.clone()));
+    }
+    for (name, value) in &out {
+        if value.is_empty()
+            || value
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control() || ch == '$')
+        {
+            return Err(format!(
+                "the CHAP {name} of target `{iqn}` cannot go into an iPXE script \
+                 (empty, or has white space, `$` or control characters)"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The pxelinux menu of a host: kernel variants only (pxelinux cannot sanboot);
@@ -490,6 +534,31 @@ shell
         )
         .unwrap();
         assert!(text(&t, "hosts/52-54-00-ab-01-01.ipxe").contains("iscsi:10.0.0.1::::iqn"));
+    }
+
+    #[test]
+    fn sanboot_of_a_chap_target_sets_ipxe_credentials_first() {
+        let with_chap = SITE.replace(
+            "iqn = \"iqn.2026-11.org.anyboot:win\"\n",
+            "iqn = \"iqn.2026-11.org.anyboot:win\"\n\
+             chap = { user = \"pc\", secret = \"s3cret-0123\", mutual_user = \"tgt\", mutual_secret = \"m-secret-456\" }\n",
+        );
+        assert_ne!(
+            with_chap, SITE,
+            "the fixture changed: the CHAP key was not inserted"
+        );
+        let site = Site::from_toml_str(&with_chap, "/etc/site.toml".as_ref()).unwrap();
+        let t = BootTree::from_site(&site, &Options::default()).unwrap();
+        let s = text(&t, "hosts/52-54-00-ab-01-01.ipxe");
+        let expect = "set username pc\nset password s3cret-0123\n\
+                      set reverse-username tgt\nset reverse-password m-secret-456\n\
+                      sanboot iscsi:";
+        assert!(s.contains(expect), "{s}");
+
+        let bad = with_chap.replace("s3cret-0123", "has space");
+        let site = Site::from_toml_str(&bad, "/etc/site.toml".as_ref()).unwrap();
+        let e = BootTree::from_site(&site, &Options::default()).unwrap_err();
+        assert!(e.problem.contains("CHAP password"), "{e}");
     }
 
     #[test]
