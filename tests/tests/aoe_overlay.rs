@@ -119,3 +119,38 @@ fn each_client_mac_gets_its_own_overlay() {
     assert_eq!(read_sector(&mut a, &d2, 5), vec![0xaa; 512]);
     target.stop();
 }
+
+#[test]
+fn a_throwaway_client_that_reattaches_after_a_pause_starts_clean() {
+    let lab = lab("aoegap");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = site(dir.path(), &lab.tgt_if);
+    // A one-second reattach gap on the throwaway target (2.1) keeps the test short.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "disk = \"throwaway\"\n",
+        "disk = \"throwaway\"\nreattach_gap = 1\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let target = start(&lab, &cfg, &dir.path().join("t.log"));
+    let mut a = in_netns(&lab.ini, || Initiator::open(&lab.ini_if)).unwrap();
+    for slot in [1u8, 2] {
+        let d = attach(&mut a, slot);
+        a.write(&d, 7, &[0xcc; 512]).unwrap();
+    }
+    // Identifying again at once (iPXE handing the disk to the OS) keeps the overlay.
+    let d1 = attach(&mut a, 1);
+    assert_eq!(read_sector(&mut a, &d1, 7), vec![0xcc; 512]);
+    // After a pause longer than the gap, identifying is a new boot: throwaway
+    // starts clean, persistent keeps its data.
+    std::thread::sleep(Duration::from_millis(1500));
+    let d1 = attach(&mut a, 1);
+    let d2 = attach(&mut a, 2);
+    assert_eq!(read_sector(&mut a, &d1, 7), vec![0x11; 512]);
+    assert_eq!(read_sector(&mut a, &d2, 7), vec![0xcc; 512]);
+    assert!(
+        target.log().contains("re-attached after a pause"),
+        "{}",
+        target.log()
+    );
+    target.stop();
+}

@@ -2,6 +2,7 @@
 //! `[aoe]` section (validated here, with errors naming file and key).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyboot_config::{ConfigError, DiskModeName, Site};
 use anyboot_images::{DiskMode, DiskSpec};
@@ -18,7 +19,15 @@ pub struct TargetConfig {
     pub config_string: String,
     pub allowed_macs: Vec<Mac>,
     pub buffer_count: u16,
+    /// Throwaway mode: an IDENTIFY after this long without I/O from a client
+    /// starts its next boot on a fresh overlay.
+    pub reattach_gap: Duration,
 }
+
+/// Default [`TargetConfig::reattach_gap`]: longer than the pause between iPXE
+/// handing a sanbooted disk to the OS driver, shorter than a reboot (firmware,
+/// DHCP, loading a kernel).
+pub const DEFAULT_REATTACH_GAP: Duration = Duration::from_secs(10);
 
 impl TargetConfig {
     /// A shared (every client sees the same image) target backed by `path`.
@@ -35,6 +44,7 @@ impl TargetConfig {
             config_string: String::new(),
             allowed_macs: Vec::new(),
             buffer_count: 64,
+            reattach_gap: DEFAULT_REATTACH_GAP,
         }
     }
 }
@@ -107,6 +117,10 @@ impl Config {
                 config_string: t.config_string.clone().unwrap_or_default(),
                 allowed_macs: t.allowed_macs.iter().map(|m| m.0).collect(),
                 buffer_count: t.buffer_count.unwrap_or(sec.buffer_count),
+                reattach_gap: t
+                    .reattach_gap
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_REATTACH_GAP),
             });
         }
         let c = Self {

@@ -47,7 +47,8 @@ pub enum Error {
 struct Devices {
     cfg: TargetConfig,
     shared: Option<Arc<dyn BlockDevice>>,
-    clients: Mutex<HashMap<Mac, Attachment>>,
+    /// Per-client attachments and when each last did I/O.
+    clients: Mutex<HashMap<Mac, (Attachment, Instant)>>,
     /// Clients whose attachment failed recently: not retried (nor logged)
     /// for [`ATTACH_RETRY`], so a broken image does not flood the log.
     failed: Mutex<HashMap<Mac, Instant>>,
@@ -66,8 +67,9 @@ impl Devices {
             return Ok(d.clone());
         }
         {
-            let map = self.clients.lock().expect("client map poisoned");
-            if let Some(a) = map.get(&client) {
+            let mut map = self.clients.lock().expect("client map poisoned");
+            if let Some((a, used)) = map.get_mut(&client) {
+                *used = Instant::now();
                 return Ok(a.device().clone());
             }
             if map.len() >= self.max_clients {
@@ -104,11 +106,37 @@ impl Devices {
             IoFailure::Media
         })?;
         let mut map = self.clients.lock().expect("client map poisoned");
-        let a = map.entry(client).or_insert_with(|| {
+        let (a, _) = map.entry(client).or_insert_with(|| {
             info!(shelf = self.cfg.shelf, slot = self.cfg.slot, client = %key, "attached client");
-            a
+            (a, Instant::now())
         });
         Ok(a.device().clone())
+    }
+
+    /// `client` identified the disk. AoE has no sessions, so this is how a
+    /// reboot shows: iPXE and the Linux driver identify a disk when they attach
+    /// it and never while they have it open. After at least `reattach_gap`
+    /// without I/O, a throwaway client starts its new boot on a fresh overlay
+    /// (its old one is discarded); within the gap (iPXE handing the disk to an
+    /// OS driver) it keeps the one it has.
+    fn identified(&self, client: Mac) {
+        if self.cfg.disk.mode != DiskMode::Throwaway {
+            return;
+        }
+        let mut map = self.clients.lock().expect("client map poisoned");
+        if let Some((_, used)) = map.get(&client) {
+            let idle = used.elapsed();
+            if idle >= self.cfg.reattach_gap {
+                map.remove(&client);
+                info!(
+                    shelf = self.cfg.shelf,
+                    slot = self.cfg.slot,
+                    client = %mac_key(&client),
+                    idle_secs = idle.as_secs(),
+                    "client re-attached after a pause: its next boot gets a fresh throwaway overlay"
+                );
+            }
+        }
     }
 
     fn flush_all(&self) {
@@ -120,7 +148,7 @@ impl Devices {
         if let Some(d) = &self.shared {
             flush(d);
         }
-        for a in self.clients.lock().expect("client map poisoned").values() {
+        for (a, _) in self.clients.lock().expect("client map poisoned").values() {
             flush(a.device());
         }
     }
@@ -411,6 +439,7 @@ fn serve_thread(shared: &Shared, iface: usize) {
     let mut jobs: Vec<Option<IoRequest>> = (0..BATCH).map(|_| None).collect();
     let mut lens = [0usize; BATCH];
     let mut replies = Vec::new();
+    let mut identified: Vec<(usize, Mac)> = Vec::new();
     let mut leading = false;
     loop {
         if !leading {
@@ -444,9 +473,14 @@ fn serve_thread(shared: &Shared, iface: usize) {
                     match o {
                         Output::Transmit(t) => replies.push(t),
                         Output::Io(io) => jobs[i] = Some(io),
+                        Output::Identified { target, client } => identified.push((target, client)),
                     }
                 }
             }
+        }
+        // Outside the core's lock: dropping an overlay deletes a file.
+        for (t, client) in identified.drain(..) {
+            shared.devices[t].identified(client);
         }
         let has_io = jobs[..n].iter().any(Option::is_some);
         if has_io && leader.io_is_slow() {

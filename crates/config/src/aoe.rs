@@ -49,6 +49,10 @@ pub struct AoeTarget {
     /// Overrides `[aoe] buffer_count` for this target.
     #[serde(default)]
     pub buffer_count: Option<u16>,
+    /// Throwaway targets: seconds without I/O after which a client's ATA
+    /// IDENTIFY counts as a new boot and gets a fresh overlay (default 10).
+    #[serde(default)]
+    pub reattach_gap: Option<u64>,
 }
 
 fn shared() -> DiskModeName {

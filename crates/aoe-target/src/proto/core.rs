@@ -70,6 +70,13 @@ pub struct Transmit {
 pub enum Output {
     Transmit(Transmit),
     Io(IoRequest),
+    /// `client` identified target `target` (ATA IDENTIFY DEVICE): iPXE and the
+    /// Linux driver do so when they attach the disk, never while they have it
+    /// open, so the driver may take it as the start of a new boot.
+    Identified {
+        target: usize,
+        client: Mac,
+    },
 }
 
 /// Storage work for one ATA command, bounds-checked against the target.
@@ -545,6 +552,10 @@ impl Core {
                     return;
                 }
                 self.ata_status(req, t, a, status::DRDY, 0, &block);
+                self.out.push_back(Output::Identified {
+                    target: t,
+                    client: req.eth.src,
+                });
             }
             Opcode::FlushCache | Opcode::FlushCacheExt => {
                 self.push_io(io(IoOp::Flush));

@@ -136,6 +136,7 @@ fn drain(core: &mut Core, disk: &mut [u8], request: &[u8]) -> Vec<Vec<u8>> {
     while let Some(o) = core.poll_output() {
         match o {
             Output::Transmit(t) => sent.push(t.frame),
+            Output::Identified { .. } => {}
             Output::Io(io) => {
                 let mut buf = vec![0xa5u8; 10_000];
                 buf[..request.len()].copy_from_slice(request);
@@ -414,6 +415,7 @@ fn requests_beyond_the_buffer_count_are_dropped_until_one_completes() {
             match o {
                 Output::Io(io) => pending.push(io),
                 Output::Transmit(_) => panic!("no direct reply expected"),
+                Output::Identified { .. } => panic!("no IDENTIFY was sent"),
             }
         }
     }
@@ -442,6 +444,30 @@ fn identify_describes_the_disk() {
     assert_eq!(id.model, "anyboot test disk");
     assert_eq!(id.serial, "AB1.1");
     assert!(id.write_cache);
+}
+
+#[test]
+fn identify_tells_the_driver_which_client_attached_which_target() {
+    let mut c = core();
+    c.handle(
+        0,
+        &request(B, None, 1, 2, 0, 1, &ata_arg(0xec, 0, 1, false, &[])),
+    );
+    let mut identified = Vec::new();
+    while let Some(o) = c.poll_output() {
+        if let Output::Identified { target, client } = o {
+            identified.push((target, client));
+        }
+    }
+    assert_eq!(identified, vec![(1, B)]);
+    // A read is I/O, not an attach.
+    c.handle(
+        0,
+        &request(B, None, 1, 2, 0, 1, &ata_arg(0x24, 0, 1, true, &[])),
+    );
+    while let Some(o) = c.poll_output() {
+        assert!(!matches!(o, Output::Identified { .. }), "{o:?}");
+    }
 }
 
 #[test]
@@ -760,6 +786,7 @@ proptest! {
         while let Some(o) = c.poll_output() {
             match o {
                 Output::Transmit(t) => prop_assert!(t.frame.len() >= 60 && t.frame.len() <= 9018),
+                Output::Identified { target, .. } => prop_assert!(target < 2),
                 Output::Io(io) => {
                     let size = SECTORS * 512;
                     match io.op {

@@ -132,7 +132,14 @@ pub fn decide(
     if req.ipxe {
         // Already running iPXE: hand out the script, never the binary again.
         let script = match host {
-            Some(h) if h.has_script => format!("hosts/{}.ipxe", mac_dashed(chaddr)),
+            Some(h) if h.has_script => {
+                // The host's script does the `sanboot` itself (with CHAP
+                // credentials when the target wants them). Given a root path
+                // too, iPXE would hook that disk before running the script,
+                // without credentials, and fail the whole boot.
+                out.root_path = None;
+                format!("hosts/{}.ipxe", mac_dashed(chaddr))
+            }
             _ => l
                 .pick(|b| b.unknown_host_script.as_ref())
                 .unwrap_or_else(|| "boot.ipxe".to_owned()),

@@ -687,12 +687,9 @@ fn ipxe_gets_its_script_not_the_binary_again() {
     let (_, o) = one(&mut c);
     assert_eq!(file(&o).as_deref(), Some("hosts/52-54-00-00-00-01.ipxe"));
     assert_eq!(o.siaddr(), SERVER);
-    assert_eq!(
-        opt(&o, OptionCode::RootPath),
-        Some(&DhcpOption::RootPath(
-            "iscsi:10.0.0.1::::iqn.2026-11.org.anyboot:desktop".into()
-        ))
-    );
+    // The per-host script does the sanboot (with CHAP); a root path would make
+    // iPXE hook the disk first, without credentials.
+    assert_eq!(opt(&o, OptionCode::RootPath), None);
     // Option 175 alone also marks iPXE; an unknown host gets the generic script.
     let mut m = pxe_discover(mac(3), 0, b"PXEClient:Arch:00000:UNDI:002001");
     m.opts_mut()
@@ -707,7 +704,15 @@ fn ipxe_gets_its_script_not_the_binary_again() {
     cfg.hosts[0].has_script = false;
     let mut c2 = core_with(cfg);
     send(&mut c2, T0, &by_user_class);
-    assert_eq!(file(&one(&mut c2).1).as_deref(), Some("boot.ipxe"));
+    let (_, o) = one(&mut c2);
+    assert_eq!(file(&o).as_deref(), Some("boot.ipxe"));
+    // ... and then the root path is how iPXE finds the host's disk.
+    assert_eq!(
+        opt(&o, OptionCode::RootPath),
+        Some(&DhcpOption::RootPath(
+            "iscsi:10.0.0.1::::iqn.2026-11.org.anyboot:desktop".into()
+        ))
+    );
     // With an HTTP base URL the script is fetched over HTTP.
     let mut cfg = config();
     cfg.boot.http_base = Some("http://10.0.0.1:8080".into());
