@@ -218,7 +218,13 @@ pub struct Lab {
     /// Declared last: dropped after the daemons and the taps' users.
     pub ns: Netns,
     started: Instant,
+    /// One lab at a time in this process, whatever the test runner's thread
+    /// count: two TCG guests on two cores would only make each other time out.
+    /// Dropped last, after the namespace is gone.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_LAB_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Lab {
     /// Builds the network, fills the boot tree and starts the servers of
@@ -230,6 +236,10 @@ impl Lab {
     pub fn start_with(tag: &str, site: LabSite, servers: Servers) -> Self {
         require_root("the network-boot lab");
         require("qemu-system-x86_64", "qemu-system-x86");
+        // A lab that panicked poisons the lock; its cleanup ran in Drop.
+        let one_at_a_time = ONE_LAB_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let accel = accel();
         let started = Instant::now();
         let ns = Netns::new(tag);
@@ -288,6 +298,7 @@ impl Lab {
             peer_fresh: std::sync::Mutex::new(Vec::new()),
             ns,
             started,
+            _one_at_a_time: one_at_a_time,
         };
         std::fs::create_dir_all(lab.tftp_root()).unwrap();
         lab.site.populate_boot_tree(&lab.tftp_root());
