@@ -19,6 +19,7 @@ pub mod site;
 pub mod vm;
 
 use std::fs::File;
+use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -109,7 +110,10 @@ pub fn accel() -> Accel {
             }
             _ => probe_kvm(),
         };
-        eprintln!(
+        // Straight to the stderr handle: the test harness captures `eprintln!`,
+        // and which accelerator ran must show in every log, passing or not.
+        let _ = writeln!(
+            std::io::stderr(),
             "==== LAB: QEMU accelerator {} ({why}) ====",
             accel.name().to_uppercase()
         );
