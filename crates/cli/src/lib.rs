@@ -48,6 +48,9 @@ impl CommonArgs {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            // Colours only on a terminal: journald, files and `xtask up`'s
+            // prefixed pipes get plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .init();
     }
