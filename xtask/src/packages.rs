@@ -102,11 +102,8 @@ fn has_package(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Checks every requirement; installs the missing ones with apt-get when allowed
-/// and running as root, else fails naming them.
-pub fn ensure(reqs: &[Requirement], install: bool) -> Result<()> {
-    let missing: Vec<&Requirement> = reqs
-        .iter()
+fn missing(reqs: &[Requirement]) -> Vec<&Requirement> {
+    reqs.iter()
         .filter(|(pkg, cmd, _)| {
             if cmd.is_empty() {
                 !has_package(pkg)
@@ -114,12 +111,18 @@ pub fn ensure(reqs: &[Requirement], install: bool) -> Result<()> {
                 !has_command(cmd)
             }
         })
-        .collect();
-    if missing.is_empty() {
+        .collect()
+}
+
+/// Checks every requirement; installs the missing ones with apt-get when allowed
+/// and running as root, else fails naming them.
+pub fn ensure(reqs: &[Requirement], install: bool) -> Result<()> {
+    let first = missing(reqs);
+    if first.is_empty() {
         eprintln!("xtask: all {} test packages are present", reqs.len());
         return Ok(());
     }
-    for (pkg, _, why) in &missing {
+    for (pkg, _, why) in &first {
         eprintln!("xtask: missing Debian package {pkg:<18} ({why})");
     }
     // SAFETY: geteuid has no preconditions.
@@ -127,19 +130,37 @@ pub fn ensure(reqs: &[Requirement], install: bool) -> Result<()> {
     if !install || !root {
         bail!(
             "{} Debian package(s) missing; install them with: sudo apt-get install {}",
-            missing.len(),
-            missing.iter().map(|r| r.0).collect::<Vec<_>>().join(" ")
+            first.len(),
+            first.iter().map(|r| r.0).collect::<Vec<_>>().join(" ")
         );
     }
-    eprintln!(
-        "xtask: installing {} package(s) with apt-get",
-        missing.len()
-    );
     crate::run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
-    crate::run_cmd(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(missing.iter().map(|r| r.0)),
+    // Installing can remove what was there: Debian's qemu-block-extra and
+    // qemu-system-x86 make apt replace a newer backported qemu-utils, which
+    // --no-install-recommends does not bring back. So check again and install
+    // whatever went missing, once.
+    let mut todo = first;
+    for _ in 0..2 {
+        if todo.is_empty() {
+            return Ok(());
+        }
+        eprintln!("xtask: installing {} package(s) with apt-get", todo.len());
+        crate::run_cmd(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(todo.iter().map(|r| r.0)),
+        )?;
+        todo = missing(reqs);
+        for (pkg, _, why) in &todo {
+            eprintln!("xtask: after installing, still missing {pkg:<18} ({why})");
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "apt-get could not provide: {}",
+        todo.iter().map(|r| r.0).collect::<Vec<_>>().join(" ")
     )
 }
