@@ -621,18 +621,30 @@ fn cu_table(res: &BTreeMap<(String, String), Outcome>) -> (String, [usize; 3]) {
     (t, tot)
 }
 
-/// Runs `iscsi-test-cu -d -v -t ALL` with `urls`, prints the per-family table,
-/// asserts no failure and at least `min_pass` passes.
-fn conformance(t: &Target, urls: &[String], min_pass: usize, what: &str) {
+/// Runs `iscsi-test-cu -d -v -t SUITE` with `urls`, prints the per-family
+/// table, asserts that all `tests` tests ran, none failed and at least
+/// `min_pass` passed; returns (pass, skip).
+fn conformance(
+    t: &Target,
+    suite: &str,
+    tests: usize,
+    urls: &[String],
+    min_pass: usize,
+    what: &str,
+) -> (usize, usize) {
     let cu = require("iscsi-test-cu", "libiscsi-bin");
-    let out = run(Command::new(&cu).args(["-d", "-v", "-t", "ALL"]).args(urls));
+    let out = run(Command::new(&cu).args(["-d", "-v", "-t", suite]).args(urls));
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     std::fs::write(t.dir.path().join("iscsi-test-cu.txt"), &text).unwrap();
     let res = parse_cu(&text);
     let (table, [pass, fail, skip]) = cu_table(&res);
-    println!("iscsi-test-cu -t ALL against anyboot-iscsi-target, {what}:\n{table}");
-    assert_eq!(res.len(), 230, "expected the 230 tests of -t ALL:\n{text}");
+    println!("iscsi-test-cu -t {suite} against anyboot-iscsi-target, {what}:\n{table}");
+    assert_eq!(
+        res.len(),
+        tests,
+        "expected the {tests} tests of -t {suite}:\n{text}"
+    );
     let failed: Vec<_> = res
         .iter()
         .filter(|(_, o)| **o == Outcome::Failed)
@@ -643,17 +655,42 @@ fn conformance(t: &Target, urls: &[String], min_pass: usize, what: &str) {
         pass >= min_pass,
         "only {pass} passes ({skip} skipped):\n{table}"
     );
+    (pass, skip)
 }
 
 /// The whole `-t ALL` family set of libiscsi's conformance suite on a plain
-/// disk LUN, destructive tests allowed, with a second path (the same portal,
-/// the second initiator name) for the MultipathIO family. tgtd passes 160.
+/// disk LUN, destructive tests allowed. tgtd passes 160 of the 230.
+///
+/// The MultipathIO family (which needs a second path) runs on its own fresh
+/// target: in libiscsi 1.19, MultipathIO.CompareAndWrite zeroes LBAs 0-255 with
+/// WRITE SAME and then expects LBA 256 to compare as zero too, so it passes
+/// only when the families before it happened to leave LBA 256 zero; and
+/// MultipathIO.Reset reads the unit attentions that earlier families' resets
+/// leave on a reused session. Both pass every time on a fresh LUN. In the
+/// `-t ALL` run, with one path, the family's 4 tests report themselves skipped.
 #[test]
 fn libiscsi_conformance_suite_all() {
     let t = start_flags(&[]);
     let u = url(t.addr, "", IQN, 0);
-    conformance(&t, &[u.clone(), u], 196, "disk LUN, two paths");
+    let (all_pass, _) = conformance(&t, "ALL", 230, &[u], 192, "disk LUN, one path");
     t.daemon.stop();
+
+    let t = start_flags(&[]);
+    let u = url(t.addr, "", IQN, 0);
+    let (mp_pass, _) = conformance(
+        &t,
+        "ALL.MultipathIO",
+        4,
+        &[u.clone(), u],
+        4,
+        "MultipathIO on a fresh disk LUN, two paths",
+    );
+    t.daemon.stop();
+    println!(
+        "disk LUN: {} of 230 pass ({all_pass} in -t ALL with one path, {mp_pass} MultipathIO with two)",
+        all_pass + mp_pass
+    );
+    assert!(all_pass + mp_pass >= 196);
 }
 
 /// The same suite on a removable-medium LUN, where the PreventAllow, NoMedia
@@ -670,6 +707,8 @@ fn libiscsi_conformance_suite_all_removable_lun() {
     );
     conformance(
         &t,
+        "ALL",
+        230,
         &[url(t.addr, "", IQN, 0)],
         200,
         "removable LUN, one path",
