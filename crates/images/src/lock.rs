@@ -21,23 +21,38 @@ pub enum LockKind {
     Exclusive,
 }
 
-/// Takes `kind` on `file` without waiting; [`Error::Locked`] if another open
-/// file description holds a conflicting lock.
+/// Takes `kind` on `file`; [`Error::Locked`] if another open file description
+/// still holds a conflicting lock after a short, bounded wait (about 250 ms).
+///
+/// Why wait at all: a process that spawns children (a test harness, an
+/// embedding program, the CLI running `qemu-img`) briefly shares every open
+/// descriptor with each child between `fork`/`clone` and `exec`, and with it
+/// every flock held through that descriptor, even after the parent has closed
+/// its own copy. A lock that is free again a few milliseconds later is such an
+/// echo, not a second writer. A real holder (another server) keeps its lock,
+/// and the caller still gets `Locked`.
 pub fn lock(file: &File, kind: LockKind, path: &Path) -> Result<()> {
+    const BACKOFF_MS: [u64; 6] = [5, 10, 20, 40, 80, 100];
     let op = match kind {
         LockKind::Shared => libc::LOCK_SH,
         LockKind::Exclusive => libc::LOCK_EX,
     } | libc::LOCK_NB;
-    // SAFETY: flock on a descriptor owned by `file`, alive for the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(Error::Locked(path.to_owned()))
-    } else {
-        Err(Error::Io(e))
+    let mut waits = BACKOFF_MS.iter();
+    loop {
+        // SAFETY: flock on a descriptor owned by `file`, alive for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => match waits.next() {
+                Some(ms) => std::thread::sleep(std::time::Duration::from_millis(*ms)),
+                None => return Err(Error::Locked(path.to_owned())),
+            },
+            Some(libc::EINTR) => {}
+            _ => return Err(Error::Io(e)),
+        }
     }
 }
 
