@@ -14,6 +14,42 @@ use super::cpio::Cpio;
 use super::{cache_dir, contains};
 use crate::{require, run, run_ok, workspace_root};
 
+/// Held while an asset is built into the cache: a thread mutex (cargo runs
+/// the lab's tests on several threads, and two Linux scenarios starting at
+/// once both found the initramfs missing and raced on its temporary file) plus
+/// an flock on `lab-cache/.lock` (another test binary or `xtask bench` may
+/// build at the same time). Builders check "already cached?" under it.
+struct CacheGuard {
+    _thread: std::sync::MutexGuard<'static, ()>,
+    _file: std::fs::File,
+}
+
+fn cache_guard() -> CacheGuard {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A panicking builder leaves at worst a temporary file behind; the next
+    // one overwrites it, so a poisoned lock is still usable.
+    let thread = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cache_dir().join(".lock"))
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor owned by `file`, alive for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        rc,
+        0,
+        "flock on the lab cache: {}",
+        std::io::Error::last_os_error()
+    );
+    CacheGuard {
+        _thread: thread,
+        _file: file,
+    }
+}
+
 /// A 512-byte MBR boot sector: real-mode code that writes `message` to the
 /// first serial port (I/O port 0x3f8) with `out` and halts. The BIOS (or
 /// iPXE's `sanboot`) loads it at 0000:7c00 and jumps to it.
@@ -77,6 +113,7 @@ pub struct Kernel {
 /// on), downloaded with `apt-get download` and unpacked with `dpkg-deb` into
 /// the lab cache on first use.
 pub fn debian_kernel() -> Kernel {
+    let _building = cache_guard();
     require("apt-get", "apt");
     require("dpkg-deb", "dpkg");
     let cache = cache_dir();
@@ -195,6 +232,11 @@ fn source_hash(parts: &[&[u8]]) -> String {
 /// The static `nbd-attach` tool (tests/assets/nbd_attach.rs), built with
 /// `rustc -C target-feature=+crt-static` and cached by source hash.
 pub fn nbd_attach_tool() -> PathBuf {
+    let _building = cache_guard();
+    build_nbd_attach_tool()
+}
+
+fn build_nbd_attach_tool() -> PathBuf {
     let src = workspace_root().join("tests/assets/nbd_attach.rs");
     let text = std::fs::read(&src).unwrap();
     let out = cache_dir().join(format!("nbd-attach-{}", source_hash(&[&text])));
@@ -327,7 +369,8 @@ fn gzip(data: &[u8], out: &Path) {
 pub fn initramfs(kernel: &Kernel) -> (PathBuf, PathBuf) {
     let busybox = require("busybox", "busybox-static");
     let iscsistart = require("iscsistart", "open-iscsi");
-    let tool = nbd_attach_tool();
+    let _building = cache_guard();
+    let tool = build_nbd_attach_tool();
     let mods = module_closure(kernel, GUEST_MODULES);
     let key = source_hash(&[
         INIT.as_bytes(),
