@@ -687,9 +687,20 @@ async fn serve(
 /// network base must not hold a runtime worker, so a moving average of
 /// execution times, fed by both paths, sends commands to the pool while the
 /// media is slow and brings them back when it is fast again.
-#[derive(Debug, Default)]
+///
+/// A session starts on the pool and moves to its task once about a dozen
+/// commands have shown the media to be fast.
+#[derive(Debug)]
 struct ExecClock {
     avg_ns: u64,
+}
+
+impl Default for ExecClock {
+    fn default() -> Self {
+        Self {
+            avg_ns: 4 * INLINE_LIMIT.as_nanos() as u64,
+        }
+    }
 }
 
 /// Average execution time above which commands leave the connection's task.
@@ -752,7 +763,13 @@ mod tests {
     #[test]
     fn exec_clock_leaves_the_task_while_media_is_slow_and_comes_back() {
         let mut c = ExecClock::default();
-        assert!(c.inline(), "a new session starts inline");
+        assert!(!c.inline(), "a new session starts on the pool");
+        let mut n = 0;
+        while !c.inline() {
+            c.record(Duration::from_micros(3));
+            n += 1;
+        }
+        assert!((5..=20).contains(&n), "took {n} fast commands to go inline");
         for _ in 0..100 {
             c.record(Duration::from_micros(3));
         }
