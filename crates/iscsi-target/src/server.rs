@@ -682,8 +682,8 @@ async fn serve(
 /// images answer a small read or write in microseconds, less than a hand-off
 /// to the blocking pool costs: running those on the connection's task took
 /// 4 KiB random reads from about 50k to 97k IOPS here (iscsi-perf, QD32,
-/// tmpfs; `block_in_place`, tried before, hands the worker to another thread
-/// per call and was no better than the pool). A cold disk or a stalled
+/// tmpfs), against `block_in_place`, used before, which hands the worker's
+/// other tasks to another thread on every call. A cold disk or a stalled
 /// network base must not hold a runtime worker, so a moving average of
 /// execution times, fed by both paths, sends commands to the pool while the
 /// media is slow and brings them back when it is fast again.
