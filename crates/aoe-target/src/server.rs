@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyboot_images::{Attachment, BlockDevice, DiskMode};
+use anyboot_images::{Attachment, BlockDevice, DiskMode, MediaClock};
 use anyboot_wire::aoe::Mac;
 use tracing::{debug, info, info_span, warn};
 
@@ -186,18 +186,26 @@ struct Shared {
 /// receives. It keeps doing fast storage I/O itself (one hot thread, no
 /// wake-ups: the cheapest path for page-cache or tmpfs speed I/O), and hands
 /// receiving to a follower before a batch whose I/O is expected to be slow
-/// (recent I/O times above [`SLOW_IO`]), so slow disks get several requests
-/// in flight.
-#[derive(Debug, Default)]
+/// (a batch's storage time averaging above
+/// [`anyboot_images::media_clock::FAST_MEDIA`]), so slow disks get several
+/// requests in flight.
+#[derive(Debug)]
 struct Leader {
     taken: Mutex<bool>,
     cv: Condvar,
-    /// Moving average of a batch's storage time, in microseconds.
-    io_ewma_us: AtomicU64,
+    /// How long recent batches' storage I/O took.
+    io: MediaClock,
 }
 
-/// Storage time per batch above which the leader hands over receiving.
-const SLOW_IO: Duration = Duration::from_micros(50);
+impl Default for Leader {
+    fn default() -> Self {
+        Self {
+            taken: Mutex::new(false),
+            cv: Condvar::new(),
+            io: MediaClock::fast(),
+        }
+    }
+}
 
 impl Leader {
     /// Waits to become the leader; `false` if the server stops meanwhile.
@@ -223,14 +231,11 @@ impl Leader {
     }
 
     fn io_is_slow(&self) -> bool {
-        self.io_ewma_us.load(Ordering::Relaxed) > SLOW_IO.as_micros() as u64
+        !self.io.is_fast()
     }
 
     fn record_io(&self, took: Duration) {
-        let us = took.as_micros().min(1_000_000) as u64;
-        let old = self.io_ewma_us.load(Ordering::Relaxed);
-        self.io_ewma_us
-            .store(old - old / 8 + us / 8, Ordering::Relaxed);
+        self.io.record(took);
     }
 }
 

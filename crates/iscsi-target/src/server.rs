@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyboot_images::{Attachment, BlockDevice, DiskMode};
+use anyboot_images::{Attachment, BlockDevice, DiskMode, MediaClock};
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -547,12 +547,19 @@ async fn serve(
     let nexus_arc: Arc<str> = nexus.clone().into();
     let luns_arc: Arc<[u16]> = luns_list.into();
     session.handle_timeout(Instant::now());
-    let mut exec_clock = ExecClock::default();
+    // Small reads and writes run on this task while the media answers in
+    // microseconds (page cache, RAM): less than a hand-off to the blocking
+    // pool costs; this took 4 KiB random reads from about 50k to 97k IOPS
+    // here (iscsi-perf, QD32, tmpfs) against `block_in_place`, used before,
+    // which hands the worker's other tasks to another thread on every call.
+    // A cold disk or stalled base must not hold a runtime worker: while the
+    // clock says slow, everything goes to the pool. A session starts slow.
+    let exec_clock = MediaClock::slow();
     let mut closing = false;
     let result = loop {
         // Drain the core's outputs.
         while let Some(req) = session.poll_exec() {
-            if exec_clock.inline() && inline_ok(&req) {
+            if exec_clock.is_fast() && inline_ok(&req) {
                 let started = std::time::Instant::now();
                 let r = {
                     let lu = lus.iter().find(|l| l.lun == req.lun);
@@ -678,49 +685,6 @@ async fn serve(
     result
 }
 
-/// Chooses where a session runs its media access. Page-cache or RAM-backed
-/// images answer a small read or write in microseconds, less than a hand-off
-/// to the blocking pool costs: running those on the connection's task took
-/// 4 KiB random reads from about 50k to 97k IOPS here (iscsi-perf, QD32,
-/// tmpfs), against `block_in_place`, used before, which hands the worker's
-/// other tasks to another thread on every call. A cold disk or a stalled
-/// network base must not hold a runtime worker, so a moving average of
-/// execution times, fed by both paths, sends commands to the pool while the
-/// media is slow and brings them back when it is fast again.
-///
-/// A session starts on the pool and moves to its task once about a dozen
-/// commands have shown the media to be fast.
-#[derive(Debug)]
-struct ExecClock {
-    avg_ns: u64,
-}
-
-impl Default for ExecClock {
-    fn default() -> Self {
-        Self {
-            avg_ns: 4 * INLINE_LIMIT.as_nanos() as u64,
-        }
-    }
-}
-
-/// Average execution time above which commands leave the connection's task.
-const INLINE_LIMIT: std::time::Duration = std::time::Duration::from_micros(50);
-/// One slow command counts at most this much, so a single stall does not
-/// keep the following small reads off the task for long.
-const EXEC_CLOCK_CAP: std::time::Duration = std::time::Duration::from_millis(2);
-
-impl ExecClock {
-    fn inline(&self) -> bool {
-        self.avg_ns < INLINE_LIMIT.as_nanos() as u64
-    }
-
-    fn record(&mut self, took: std::time::Duration) {
-        let ns = took.min(EXEC_CLOCK_CAP).as_nanos() as u64;
-        // EWMA with weight 1/8.
-        self.avg_ns = self.avg_ns - self.avg_ns / 8 + ns / 8;
-    }
-}
-
 /// Whether a command is cheap enough to run on the connection's task: small
 /// reads and writes without FUA. Flushes, WRITE SAME, UNMAP and large
 /// transfers go to the blocking pool.
@@ -752,41 +716,5 @@ fn forget_live(shared: &Shared, nexus: &str, tsih: u16) {
 fn reset_lu(s: &LuShared, what: (u8, u8)) {
     if let Ok(mut st) = s.state.lock() {
         st.reset(what);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn exec_clock_leaves_the_task_while_media_is_slow_and_comes_back() {
-        let mut c = ExecClock::default();
-        assert!(!c.inline(), "a new session starts on the pool");
-        let mut n = 0;
-        while !c.inline() {
-            c.record(Duration::from_micros(3));
-            n += 1;
-        }
-        assert!((5..=20).contains(&n), "took {n} fast commands to go inline");
-        for _ in 0..100 {
-            c.record(Duration::from_micros(3));
-        }
-        assert!(c.inline());
-        // A disk that takes milliseconds per read: off the task within a few commands.
-        let mut n = 0;
-        while c.inline() {
-            c.record(Duration::from_millis(8));
-            n += 1;
-        }
-        assert!(n <= 3, "took {n} slow commands to leave");
-        // One stall counts as at most EXEC_CLOCK_CAP: fast reads bring it back soon.
-        let mut n = 0;
-        while !c.inline() {
-            c.record(Duration::from_micros(3));
-            n += 1;
-        }
-        assert!((5..=20).contains(&n), "took {n} fast commands to come back");
     }
 }

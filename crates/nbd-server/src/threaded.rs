@@ -22,11 +22,10 @@
 use std::io::{BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream as StdUnix;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyboot_images::BlockDevice;
+use anyboot_images::{BlockDevice, MediaClock};
 use anyboot_wire::nbd::{Command, RequestPacket};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
@@ -41,11 +40,6 @@ const MAX_BATCH: usize = 32;
 const MAX_BATCH_BYTES: u64 = 1 << 20;
 /// Largest READ or WRITE that joins a batch.
 const MAX_BATCHED_REQUEST: u64 = 128 << 10;
-/// Average time of a small read or write above which the media counts as
-/// slow and batching stops.
-const FAST_MEDIA: Duration = Duration::from_micros(50);
-/// One stall counts at most this much in the average.
-const MEDIA_CLOCK_CAP: Duration = Duration::from_millis(2);
 
 /// A plain socket, taken out of tokio for blocking I/O.
 #[derive(Debug)]
@@ -218,39 +212,6 @@ impl Budget {
     }
 }
 
-/// A moving average (weight 1/8) of how long small reads and writes take,
-/// shared by a connection's threads. Updates race benignly: an approximate
-/// average is all the batching decision needs.
-///
-/// A batch runs its requests one after another, so one slow request delays
-/// the others in its batch: a connection therefore starts as "slow" (one
-/// request per thread, answered as each completes) and batches only once
-/// about a dozen requests have shown the media to be fast.
-#[derive(Debug)]
-struct MediaClock {
-    avg_ns: AtomicU64,
-}
-
-impl Default for MediaClock {
-    fn default() -> Self {
-        Self {
-            avg_ns: AtomicU64::new(4 * FAST_MEDIA.as_nanos() as u64),
-        }
-    }
-}
-
-impl MediaClock {
-    fn fast(&self) -> bool {
-        self.avg_ns.load(Ordering::Relaxed) < FAST_MEDIA.as_nanos() as u64
-    }
-
-    fn record(&self, took: Duration) {
-        let ns = took.min(MEDIA_CLOCK_CAP).as_nanos() as u64;
-        let avg = self.avg_ns.load(Ordering::Relaxed);
-        self.avg_ns.store(avg - avg / 8 + ns / 8, Ordering::Relaxed);
-    }
-}
-
 /// Whether an operation's duration tells how fast the media is: plain
 /// reads and writes (a FUA write includes a flush).
 fn timed(op: &Op) -> bool {
@@ -322,7 +283,10 @@ pub async fn serve(
         cv: Condvar::new(),
         limit: max_inflight,
     });
-    let clock = Arc::new(MediaClock::default());
+    // A batch runs its requests one after another, so one slow request
+    // delays the others in it: a connection starts as "slow" (one request
+    // per thread) until its first requests show the media to be fast.
+    let clock = Arc::new(MediaClock::slow());
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let span = tracing::Span::current();
     for i in 0..threads {
@@ -501,7 +465,7 @@ fn worker(
             }
             Taken::End => return,
         }
-        let fast = clock.fast();
+        let fast = clock.is_fast();
         if fast {
             while !rd.done && batch.len() < MAX_BATCH && held < MAX_BATCH_BYTES {
                 let Some(need) = batchable(rd.r.buffer(), hdr.len()) else {
