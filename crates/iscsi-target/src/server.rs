@@ -267,6 +267,25 @@ enum ConnError {
 /// full command window, few enough that a flood cannot starve the writes.
 const MAX_PDUS_PER_BATCH: usize = 64;
 
+/// Hands the session every further complete PDU already in `buf` (up to
+/// [`MAX_PDUS_PER_BATCH`] in all). An initiator with many commands in flight
+/// sends them back to back, so one read often holds several: taken together,
+/// they are executed together and their responses leave in one write.
+fn take_buffered(
+    framer: &Framer,
+    buf: &mut BytesMut,
+    session: &mut Session,
+    now: Instant,
+) -> Result<(), ConnError> {
+    for _ in 1..MAX_PDUS_PER_BATCH {
+        match framer.decode(buf)? {
+            Some(pdu) => session.handle(now, pdu),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
 async fn read_pdu(
     sock: &mut (impl AsyncReadExt + Unpin),
     buf: &mut BytesMut,
@@ -559,17 +578,11 @@ async fn serve(
     let result = loop {
         // Drain the core's outputs.
         while let Some(req) = session.poll_exec() {
-            if exec_clock.is_fast() && inline_ok(&req) {
+            // Only small reads and writes tell how fast the media is now.
+            let small = inline_ok(&req);
+            if small && exec_clock.is_fast() {
                 let started = std::time::Instant::now();
-                let r = {
-                    let lu = lus.iter().find(|l| l.lun == req.lun);
-                    let ctx = scsi::Context {
-                        nexus: &nexus_arc,
-                        target_iqn: &iqn,
-                        luns: &luns_arc,
-                    };
-                    scsi::execute(lu, &ctx, &req.cdb, &req.data)
-                };
+                let r = run_command(&lus, &nexus_arc, &iqn, &luns_arc, &req);
                 exec_clock.record(started.elapsed());
                 session.complete(req.id, r);
                 continue;
@@ -577,18 +590,10 @@ async fn serve(
             let lus = lus.clone();
             let done = done_tx.clone();
             let (iqn, nexus, luns) = (iqn.clone(), nexus_arc.clone(), luns_arc.clone());
-            // Only small reads and writes tell how fast the media is now.
-            let timed = inline_ok(&req);
             tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                let lu = lus.iter().find(|l| l.lun == req.lun);
-                let ctx = scsi::Context {
-                    nexus: &nexus,
-                    target_iqn: &iqn,
-                    luns: &luns,
-                };
-                let r = scsi::execute(lu, &ctx, &req.cdb, &req.data);
-                let _ = done.send((req.id, r, timed.then(|| started.elapsed())));
+                let r = run_command(&lus, &nexus, &iqn, &luns, &req);
+                let _ = done.send((req.id, r, small.then(|| started.elapsed())));
             });
         }
         let mut write_err = None;
@@ -631,22 +636,7 @@ async fn serve(
                 Ok(pdu) => {
                     let now = Instant::now();
                     session.handle(now, pdu);
-                    // An initiator with many commands in flight sends them
-                    // back to back, so one read often holds several PDUs:
-                    // take every complete one now, so they are executed
-                    // together and their responses leave in one write.
-                    let mut more = Ok(());
-                    for _ in 1..MAX_PDUS_PER_BATCH {
-                        match framer.decode(&mut buf) {
-                            Ok(Some(pdu)) => session.handle(now, pdu),
-                            Ok(None) => break,
-                            Err(e) => {
-                                more = Err(ConnError::from(e));
-                                break;
-                            }
-                        }
-                    }
-                    if let Err(e) = more {
+                    if let Err(e) = take_buffered(&framer, &mut buf, &mut session, now) {
                         break Err(e);
                     }
                 }
@@ -683,6 +673,23 @@ async fn serve(
     drop(attachments);
     info!("session closed");
     result
+}
+
+/// Executes one SCSI command against the session's LUNs (blocking I/O).
+fn run_command(
+    lus: &[Lu],
+    nexus: &str,
+    target_iqn: &str,
+    luns: &[u16],
+    req: &crate::proto::session::ExecRequest,
+) -> scsi::Response {
+    let lu = lus.iter().find(|l| l.lun == req.lun);
+    let ctx = scsi::Context {
+        nexus,
+        target_iqn,
+        luns,
+    };
+    scsi::execute(lu, &ctx, &req.cdb, &req.data)
 }
 
 /// Whether a command is cheap enough to run on the connection's task: small
