@@ -28,6 +28,7 @@ pub mod op {
     pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
+    pub const SANITIZE: u8 = 0x48;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
@@ -59,6 +60,11 @@ pub mod sa {
     pub const READ_CAPACITY_16: u8 = 0x10;
     pub const GET_LBA_STATUS: u8 = 0x12;
     pub const REPORT_SUPPORTED_OPCODES: u8 = 0x0c;
+    /// SANITIZE service actions (SBC-4 5.30, table "SANITIZE service action codes").
+    pub const SANITIZE_OVERWRITE: u8 = 0x01;
+    pub const SANITIZE_BLOCK_ERASE: u8 = 0x02;
+    pub const SANITIZE_CRYPTO_ERASE: u8 = 0x03;
+    pub const SANITIZE_EXIT_FAILURE_MODE: u8 = 0x1f;
 }
 
 /// SCSI status codes (SAM-5 5.3).
@@ -134,6 +140,9 @@ pub mod asc {
     pub const INVALID_FIELD_IN_PARAMETER_LIST: (u8, u8) = (0x26, 0x00);
     pub const INVALID_RELEASE_OF_PR: (u8, u8) = (0x26, 0x04);
     pub const WRITE_PROTECTED: (u8, u8) = (0x27, 0x00);
+    pub const SOFTWARE_WRITE_PROTECTED: (u8, u8) = (0x27, 0x02);
+    pub const SANITIZE_IN_PROGRESS: (u8, u8) = (0x04, 0x1b);
+    pub const SANITIZE_COMMAND_FAILED: (u8, u8) = (0x31, 0x03);
     pub const POWER_ON_RESET: (u8, u8) = (0x29, 0x00);
     pub const BUS_DEVICE_RESET: (u8, u8) = (0x29, 0x03);
     pub const PARAMETERS_CHANGED: (u8, u8) = (0x2a, 0x01);

@@ -1,4 +1,4 @@
-//! SCSI block device emulation (SPC-4, SBC-3): executes one CDB with its Data-Out buffer
+//! SCSI block device emulation (SPC-4, SBC-3, SANITIZE from SBC-4 5.30): executes one CDB with its Data-Out buffer
 //! against a [`BlockDevice`] and returns status, sense and Data-In.
 //!
 //! This is a plain function of (CDB, data, device, LU state): the driver calls it
@@ -53,6 +53,24 @@ pub struct LuState {
     pub unit_attention: HashMap<pr::Nexus, (u8, u8)>,
     /// A removable medium was ejected (START STOP UNIT with LOEJ).
     pub ejected: bool,
+    /// Control mode page SWP: software write protect, set by MODE SELECT.
+    pub swp: bool,
+    /// Where the LU stands with SANITIZE (SBC-4 4.11).
+    pub sanitize: SanitizeState,
+}
+
+/// Sanitize state of a logical unit (SBC-4 4.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SanitizeState {
+    #[default]
+    Idle,
+    /// A sanitize operation is running: commands that touch user data get
+    /// NOT READY, SANITIZE IN PROGRESS.
+    Running,
+    /// The last sanitize failed part way: commands that touch user data get
+    /// MEDIUM ERROR, SANITIZE COMMAND FAILED until a sanitize succeeds, or
+    /// until EXIT FAILURE MODE when the failed one had AUSE set.
+    Failed { ause: bool },
 }
 
 impl LuState {
@@ -101,6 +119,8 @@ impl Default for LuState {
             nexuses: HashMap::new(),
             unit_attention: HashMap::new(),
             ejected: false,
+            swp: false,
+            sanitize: SanitizeState::Idle,
         }
     }
 }
@@ -325,6 +345,25 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
         let s = Sense::new(SenseKey::NotReady, asc::MEDIUM_NOT_PRESENT);
         return Response::check(s, d_sense);
     }
+    // A running or failed sanitize leaves only the commands of SBC-4 4.11.2
+    // (allowed during sanitize) through; REQUEST SENSE reports the state.
+    let sanitize = lu
+        .shared
+        .state
+        .lock()
+        .map(|s| s.sanitize)
+        .unwrap_or_default();
+    if let Some(s) = sanitize_sense(sanitize, cdb) {
+        if cdb[0] == op::REQUEST_SENSE {
+            let d = if cdb[1] & 1 != 0 {
+                s.descriptor()
+            } else {
+                s.fixed().to_vec()
+            };
+            return Response::good(truncated(d, cdb[4] as usize));
+        }
+        return Response::check(s, d_sense);
+    }
     let exec = Exec {
         lu,
         ctx,
@@ -334,6 +373,24 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
     match exec.run() {
         Ok(r) => r,
         Err(sense) => Response::check(sense, d_sense),
+    }
+}
+
+/// The sense a command gets while the LU is in sanitize state `st`, if it is
+/// refused. INQUIRY, REPORT LUNS and REPORT SUPPORTED OPERATION CODES run;
+/// REQUEST SENSE returns the sense as data; after a failure SANITIZE may
+/// run again (to retry, or EXIT FAILURE MODE).
+fn sanitize_sense(st: SanitizeState, cdb: &[u8; 16]) -> Option<Sense> {
+    let allowed = matches!(cdb[0], op::INQUIRY | op::REPORT_LUNS | op::MAINTENANCE_IN);
+    match st {
+        SanitizeState::Idle => None,
+        _ if allowed => None,
+        SanitizeState::Running => Some(Sense::new(SenseKey::NotReady, asc::SANITIZE_IN_PROGRESS)),
+        SanitizeState::Failed { .. } if cdb[0] == op::SANITIZE => None,
+        SanitizeState::Failed { .. } => Some(Sense::new(
+            SenseKey::MediumError,
+            asc::SANITIZE_COMMAND_FAILED,
+        )),
     }
 }
 
@@ -487,9 +544,16 @@ impl Exec<'_> {
         }
     }
 
+    /// Refuses writes to a read-only device, or while the control mode
+    /// page's SWP bit is set (SPC-4 7.5.8).
     fn check_writable(&self) -> Result<(), Sense> {
         if self.dev().is_read_only() {
             Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED))
+        } else if self.state().swp {
+            Err(Sense::new(
+                SenseKey::DataProtect,
+                asc::SOFTWARE_WRITE_PROTECTED,
+            ))
         } else {
             Ok(())
         }
@@ -560,6 +624,7 @@ impl Exec<'_> {
             }
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => self.write_same(),
             op::UNMAP => self.unmap(),
+            op::SANITIZE => self.sanitize(),
             op::COMPARE_AND_WRITE => self.compare_and_write(),
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => self.mode_sense(),
             op::MODE_SELECT_6 | op::MODE_SELECT_10 => self.mode_select(),
@@ -703,6 +768,10 @@ impl Exec<'_> {
                 let mut b = vec![0u8; 0x3c];
                 // MEDIUM ROTATION RATE 1: non-rotating medium.
                 b[0..2].copy_from_slice(&1u16.to_be_bytes());
+                // WABEREQ 01b: after SANITIZE BLOCK ERASE reads complete with
+                // GOOD (the blocks read as zeroes). WACEREQ stays 00b: there
+                // is no CRYPTO ERASE (no media encryption to forget a key of).
+                b[3] = 0x40;
                 b
             }
             0xb2 => {
@@ -1129,6 +1198,126 @@ impl Exec<'_> {
         Ok(Response::good(Vec::new()))
     }
 
+    /// SANITIZE (SBC-4 5.30): OVERWRITE, BLOCK ERASE and EXIT FAILURE MODE.
+    ///
+    /// The operation runs to its end before the command completes, whatever
+    /// IMMED says: status comes after the medium is sanitized, not as soon as
+    /// the CDB and parameters are checked. Other commands arriving meanwhile
+    /// (other sessions, or this one's queue) get NOT READY, SANITIZE IN
+    /// PROGRESS; the issuing client never sees that window.
+    fn sanitize(&self) -> R {
+        let c = self.cdb;
+        let ause = c[1] & 0x20 != 0;
+        let action = c[1] & 0x1f;
+        if c[1] & 0x40 != 0 {
+            return Err(Sense::invalid_cdb_at(1, Some(6)));
+        }
+        if let Some(i) = (2..7).find(|&i| c[i] != 0) {
+            return Err(Sense::invalid_cdb_at(i as u16, None));
+        }
+        let plen = be16(&c[7..9]) as usize;
+        let bs = self.bs() as usize;
+        // PARAMETER LIST LENGTH requirements of each service action.
+        let plen_ok = match action {
+            sa::SANITIZE_OVERWRITE => plen > 4 && plen <= bs + 4,
+            sa::SANITIZE_BLOCK_ERASE | sa::SANITIZE_EXIT_FAILURE_MODE => plen == 0,
+            // CRYPTO ERASE included: not supported.
+            _ => return Err(Sense::invalid_cdb_at(1, Some(4))),
+        };
+        if !plen_ok {
+            return Err(Sense::invalid_cdb_at(7, None));
+        }
+        if action == sa::SANITIZE_EXIT_FAILURE_MODE {
+            let mut st = self.state();
+            return match st.sanitize {
+                // Nothing failed: nothing to exit.
+                SanitizeState::Idle | SanitizeState::Running => Ok(Response::good(Vec::new())),
+                SanitizeState::Failed { ause: true } => {
+                    st.sanitize = SanitizeState::Idle;
+                    Ok(Response::good(Vec::new()))
+                }
+                // A failed sanitize without AUSE must be redone, not exited.
+                SanitizeState::Failed { ause: false } => Err(Sense::invalid_cdb_at(1, Some(4))),
+            };
+        }
+        let overwrite = if action == sa::SANITIZE_OVERWRITE {
+            let p = self.data_out.get(..plen).ok_or(Sense::new(
+                SenseKey::IllegalRequest,
+                asc::PARAMETER_LIST_LENGTH_ERROR,
+            ))?;
+            Some(parse_overwrite(p, bs)?)
+        } else {
+            None
+        };
+        self.check_writable()?;
+        {
+            let mut st = self.state();
+            if st.sanitize == SanitizeState::Running {
+                return Err(Sense::new(SenseKey::NotReady, asc::SANITIZE_IN_PROGRESS));
+            }
+            st.sanitize = SanitizeState::Running;
+        }
+        // Leaves Failed behind unless the operation completes (also on panic).
+        let mut run = SanitizeRun {
+            state: &self.lu.shared.state,
+            ause,
+            ok: false,
+        };
+        // Commands already past the sanitize check finish first; new ones
+        // are refused until the state changes.
+        let _excl = self.exclusive();
+        let dev = self.dev();
+        let size = self.blocks() * bs as u64;
+        let res = match &overwrite {
+            Some(o) => self.overwrite_all(o, size),
+            // LBPRZ: unmapped blocks read as zeroes, so trimming erases and
+            // leaves every LBA deallocated.
+            None => dev.write_zeroes(0, size, true),
+        }
+        // Sanitized includes the caches.
+        .and_then(|()| dev.flush());
+        match res {
+            Ok(()) => {
+                run.ok = true;
+                Ok(Response::good(Vec::new()))
+            }
+            Err(e) => {
+                tracing::warn!(lun = self.lu.lun, error = %e, "sanitize failed");
+                Err(Sense::new(
+                    SenseKey::MediumError,
+                    asc::SANITIZE_COMMAND_FAILED,
+                ))
+            }
+        }
+    }
+
+    /// Writes the overwrite passes over the whole medium, 1 MiB at a time.
+    fn overwrite_all(&self, o: &Overwrite, size: u64) -> anyboot_images::Result<()> {
+        let bs = self.bs() as usize;
+        // The pattern repeats to fill each block, starting afresh at every
+        // block boundary.
+        let block: Vec<u8> = o.pattern.iter().copied().cycle().take(bs).collect();
+        let per = ((1 << 20) / bs).max(1);
+        let plain = block.repeat(per);
+        let inverted: Vec<u8> = plain.iter().map(|b| !b).collect();
+        for pass in 0..o.count {
+            // With INVERT the passes alternate, and the first is chosen so
+            // the last writes the pattern itself (SBC-4 5.30.2.2).
+            let chunk = if o.invert && (o.count - pass) % 2 == 0 {
+                &inverted
+            } else {
+                &plain
+            };
+            let mut off = 0u64;
+            while off < size {
+                let n = (size - off).min(chunk.len() as u64) as usize;
+                self.dev().write_at(&chunk[..n], off, false)?;
+                off += n as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// One mode page in the form asked for by the page control field.
     fn mode_page(&self, page: u8, pc: u8) -> Option<Vec<u8>> {
         let st = self.state();
@@ -1157,6 +1346,12 @@ impl Exec<'_> {
                 p[2] = match pc {
                     0 if st.d_sense => 0x04,
                     1 => 0x04,
+                    _ => 0,
+                };
+                // SWP (byte 4 bit 3) is changeable; current value from the state.
+                p[4] = match pc {
+                    0 if st.swp => 0x08,
+                    1 => 0x08,
                     _ => 0,
                 };
                 if pc != 1 {
@@ -1226,8 +1421,10 @@ impl Exec<'_> {
                 bd.extend_from_slice(&(self.bs() as u32).to_be_bytes()[1..]);
             }
         }
-        // WP when read-only; DPOFUA: DPO and FUA are supported.
-        let dsp = if self.dev().is_read_only() { 0x80 } else { 0 } | 0x10;
+        // WP when read-only or software write protected; DPOFUA: DPO and
+        // FUA are supported.
+        let wp = self.dev().is_read_only() || self.state().swp;
+        let dsp = if wp { 0x80 } else { 0 } | 0x10;
         let mut d = Vec::new();
         if six {
             let len = 3 + bd.len() + pages.len();
@@ -1305,14 +1502,17 @@ impl Exec<'_> {
                     return Err(Sense::invalid_param());
                 }
             }
-            updates.push((code, page[2]));
+            updates.push((code, page[2], page.get(4).copied().unwrap_or(0)));
             at += len;
         }
         let mut st = self.state();
-        for (code, b2) in updates {
+        for (code, b2, b4) in updates {
             match code {
                 0x08 => st.wce = b2 & 0x04 != 0,
-                0x0a => st.d_sense = b2 & 0x04 != 0,
+                0x0a => {
+                    st.d_sense = b2 & 0x04 != 0;
+                    st.swp = b4 & 0x08 != 0;
+                }
                 _ => {}
             }
         }
@@ -1358,15 +1558,10 @@ impl Exec<'_> {
                     *o == req_op && (options == 1 || !has_sa || *s == Some(req_sa))
                 });
                 match found {
-                    Some((opc, _, len)) => {
+                    Some((opc, sa, len)) => {
                         d.extend_from_slice(&[0, if rctd { 0x83 } else { 0x03 }]);
                         d.extend_from_slice(&(*len as u16).to_be_bytes());
-                        let mut usage = vec![0xffu8; *len];
-                        usage[0] = *opc;
-                        if let Some(last) = usage.last_mut() {
-                            *last = 0x07;
-                        }
-                        d.extend_from_slice(&usage);
+                        d.extend_from_slice(&cdb_usage(*opc, *sa, *len));
                         timeouts(&mut d);
                     }
                     None => {
@@ -1377,6 +1572,28 @@ impl Exec<'_> {
             _ => return Err(Sense::invalid_cdb_at(2, Some(2))),
         }
         Ok(Response::good(truncated(d, alloc)))
+    }
+}
+
+/// CDB USAGE DATA of one command (SPC-4 6.35.3): the opcode, then a mask of
+/// the bits the device server looks at.
+fn cdb_usage(opc: u8, sa: Option<u16>, len: usize) -> Vec<u8> {
+    match opc {
+        // IMMED, AUSE and the service action in byte 1; bytes 2-6 reserved;
+        // PARAMETER LIST LENGTH; CONTROL.
+        op::SANITIZE => {
+            let mut u = vec![opc, 0x80 | 0x20 | sa.unwrap_or(0) as u8, 0, 0, 0, 0, 0];
+            u.extend_from_slice(&[0xff, 0xff, 0x07]);
+            u
+        }
+        _ => {
+            let mut usage = vec![0xffu8; len];
+            usage[0] = opc;
+            if let Some(last) = usage.last_mut() {
+                *last = 0x07;
+            }
+            usage
+        }
     }
 }
 
@@ -1407,6 +1624,14 @@ const SUPPORTED: &[(u8, Option<u16>, usize)] = &[
     (op::READ_DEFECT_DATA_10, None, 10),
     (op::WRITE_SAME_10, None, 10),
     (op::UNMAP, None, 10),
+    // No CRYPTO ERASE: nothing is encrypted (WACEREQ stays 0 in VPD B1h).
+    (op::SANITIZE, Some(sa::SANITIZE_OVERWRITE as u16), 10),
+    (op::SANITIZE, Some(sa::SANITIZE_BLOCK_ERASE as u16), 10),
+    (
+        op::SANITIZE,
+        Some(sa::SANITIZE_EXIT_FAILURE_MODE as u16),
+        10,
+    ),
     (op::MODE_SELECT_10, None, 10),
     (op::RESERVE_10, None, 10),
     (op::RELEASE_10, None, 10),
@@ -1454,6 +1679,57 @@ const SUPPORTED: &[(u8, Option<u16>, usize)] = &[
     (op::VERIFY_12, None, 12),
     (op::READ_DEFECT_DATA_12, None, 12),
 ];
+
+/// A checked SANITIZE OVERWRITE parameter list (SBC-4 5.30.2.2).
+struct Overwrite {
+    invert: bool,
+    count: u8,
+    pattern: Vec<u8>,
+}
+
+/// Parses the OVERWRITE parameter list `p` (exactly PARAMETER LIST LENGTH
+/// bytes) for a medium of `bs`-byte blocks.
+fn parse_overwrite(p: &[u8], bs: usize) -> Result<Overwrite, Sense> {
+    let invert = p[0] & 0x80 != 0;
+    let test = (p[0] >> 5) & 0x03;
+    let count = p[0] & 0x1f;
+    let len = be16(&p[2..4]) as usize;
+    // TEST values other than 00b are vendor specific: we define none.
+    if test != 0 || count == 0 || p[1] != 0 {
+        return Err(Sense::invalid_param());
+    }
+    // The pattern is 1..=block length bytes and fills the rest of the list.
+    if len == 0 || len > bs || len != p.len() - 4 {
+        return Err(Sense::invalid_param());
+    }
+    Ok(Overwrite {
+        invert,
+        count,
+        pattern: p[4..].to_vec(),
+    })
+}
+
+/// Ends a sanitize operation in the LU state: Idle when it completed, Failed
+/// otherwise (an I/O error, or a panic unwinding through it).
+struct SanitizeRun<'a> {
+    state: &'a Mutex<LuState>,
+    ause: bool,
+    ok: bool,
+}
+
+impl Drop for SanitizeRun<'_> {
+    fn drop(&mut self) {
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        st.sanitize = if self.ok {
+            SanitizeState::Idle
+        } else {
+            SanitizeState::Failed { ause: self.ause }
+        };
+    }
+}
 
 fn pr_response(o: PrOutcome) -> R {
     match o {

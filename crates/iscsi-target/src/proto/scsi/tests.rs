@@ -457,10 +457,399 @@ fn reservations_and_unit_attention_per_nexus() {
     );
 }
 
+/// A RAM device that records the first byte of every write at offset 0 and
+/// can be told to fail writes.
+#[derive(Debug)]
+struct Spy {
+    inner: RawFile,
+    first_bytes: std::sync::Mutex<Vec<u8>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl Spy {
+    fn failing(&self) -> anyboot_images::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(anyboot_images::Error::Io(std::io::Error::other("injected")))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl BlockDevice for Spy {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> anyboot_images::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> anyboot_images::Result<()> {
+        self.failing()?;
+        if offset == 0 {
+            self.first_bytes.lock().unwrap().push(buf[0]);
+        }
+        self.inner.write_at(buf, offset, fua)
+    }
+    fn flush(&self) -> anyboot_images::Result<()> {
+        self.inner.flush()
+    }
+    fn trim(&self, offset: u64, len: u64) -> anyboot_images::Result<()> {
+        self.failing()?;
+        self.inner.trim(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool) -> anyboot_images::Result<()> {
+        self.failing()?;
+        self.inner.write_zeroes(offset, len, may_trim)
+    }
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> anyboot_images::Result<Vec<anyboot_images::Extent>> {
+        self.inner.block_status(offset, len)
+    }
+}
+
+fn spy_lu(size: u64) -> (Lu, Arc<Spy>) {
+    let spy = Arc::new(Spy {
+        inner: RawFile::memory(size).unwrap(),
+        first_bytes: std::sync::Mutex::new(Vec::new()),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let l = Lu {
+        lun: 0,
+        device: spy.clone(),
+        shared: Arc::new(LuShared::default()),
+    };
+    (l, spy)
+}
+
+/// SANITIZE CDB with byte 1 (IMMED, AUSE, service action) and PARAMETER LIST LENGTH.
+fn sanitize(b1: u8, plen: u16) -> [u8; 10] {
+    let [hi, lo] = plen.to_be_bytes();
+    [op::SANITIZE, b1, 0, 0, 0, 0, 0, hi, lo, 0]
+}
+
+/// OVERWRITE parameter list: byte 0 (INVERT, TEST, OVERWRITE COUNT) and pattern.
+fn overwrite_params(b0: u8, pattern: &[u8]) -> Vec<u8> {
+    let mut p = vec![b0, 0];
+    p.extend_from_slice(&(pattern.len() as u16).to_be_bytes());
+    p.extend_from_slice(pattern);
+    p
+}
+
+#[test]
+fn sanitize_overwrite_repeats_the_pattern_per_block_and_inverts_between_passes() {
+    let (l, spy) = spy_lu(1 << 20); // 2048 blocks
+    exec(&l, &rw16(op::WRITE_16, 0, 2, 0), &[0x61u8; 1024]);
+    // A 3-byte pattern restarts at every block boundary (512 is no multiple of 3).
+    let p = overwrite_params(0x01, &[1, 2, 3]);
+    let r = exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, p.len() as u16), &p);
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    let block: Vec<u8> = [1u8, 2, 3].iter().copied().cycle().take(512).collect();
+    for lba in [0, 1, 1000, 2047] {
+        let r = exec(&l, &rw16(op::READ_16, lba, 1, 0), &[]);
+        assert_eq!(r.data, block, "LBA {lba}");
+    }
+    // INVERT with an even count: inverted first, the pattern itself last.
+    spy.first_bytes.lock().unwrap().clear();
+    let p = overwrite_params(0x80 | 4, &[0x0f; 512]);
+    let r = exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, p.len() as u16), &p);
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    assert_eq!(
+        *spy.first_bytes.lock().unwrap(),
+        vec![0xf0, 0x0f, 0xf0, 0x0f]
+    );
+    assert_eq!(
+        exec(&l, &rw16(op::READ_16, 2047, 1, 0), &[]).data,
+        vec![0x0f; 512]
+    );
+    // Odd count: pattern, inverted, pattern. Without INVERT: always the pattern.
+    spy.first_bytes.lock().unwrap().clear();
+    let p = overwrite_params(0x80 | 3, &[0x0f]);
+    exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, p.len() as u16), &p);
+    assert_eq!(*spy.first_bytes.lock().unwrap(), vec![0x0f, 0xf0, 0x0f]);
+    spy.first_bytes.lock().unwrap().clear();
+    let p = overwrite_params(2, &[0x33]);
+    exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, p.len() as u16), &p);
+    assert_eq!(*spy.first_bytes.lock().unwrap(), vec![0x33, 0x33]);
+}
+
+#[test]
+fn sanitize_parameter_list_errors() {
+    let l = lu(1 << 20);
+    let invalid_cdb = (SenseKey::IllegalRequest, 0x24, 0);
+    let invalid_param = (SenseKey::IllegalRequest, 0x26, 0);
+    let full = overwrite_params(0x01, &[0xaa; 512]);
+    // OVERWRITE: PARAMETER LIST LENGTH must be 5..=block length + 4.
+    for plen in [0u16, 1, 2, 3, 4, 517] {
+        let r = exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, plen), &[0u8; 520]);
+        assert_eq!(sense_of(&r), invalid_cdb, "length {plen}");
+    }
+    // OVERWRITE COUNT 0, reserved byte 1, TEST field.
+    for b0 in [0x00u8, 0x21, 0x41] {
+        let mut p = full.clone();
+        p[0] = b0;
+        let r = exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, 516), &p);
+        assert_eq!(sense_of(&r), invalid_param, "byte 0 {b0:#x}");
+    }
+    let mut p = full.clone();
+    p[1] = 1;
+    assert_eq!(sense_of(&exec(&l, &sanitize(1, 516), &p)), invalid_param);
+    // INITIALIZATION PATTERN LENGTH 0, above the block length, or not the
+    // rest of the list.
+    for len in [0u16, 513, 100] {
+        let mut p = vec![0x01, 0];
+        p.extend_from_slice(&len.to_be_bytes());
+        p.resize(4 + 512, 0xaa);
+        let r = exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, 516), &p);
+        assert_eq!(sense_of(&r), invalid_param, "pattern length {len}");
+    }
+    // Less Data-Out than the list length says.
+    let r = exec(&l, &sanitize(sa::SANITIZE_OVERWRITE, 516), &full[..100]);
+    assert_eq!(sense_of(&r), (SenseKey::IllegalRequest, 0x1a, 0));
+    // BLOCK ERASE and EXIT FAILURE MODE take no parameter list.
+    for action in [sa::SANITIZE_BLOCK_ERASE, sa::SANITIZE_EXIT_FAILURE_MODE] {
+        let r = exec(&l, &sanitize(action, 8), &[0u8; 8]);
+        assert_eq!(sense_of(&r), invalid_cdb, "service action {action:#x}");
+    }
+    // Reserved CDB bit and bytes.
+    let mut c = sanitize(sa::SANITIZE_BLOCK_ERASE | 0x40, 0);
+    assert_eq!(sense_of(&exec(&l, &c, &[])), invalid_cdb);
+    for i in 2..7 {
+        c = sanitize(sa::SANITIZE_BLOCK_ERASE, 0);
+        c[i] = i as u8;
+        assert_eq!(sense_of(&exec(&l, &c, &[])), invalid_cdb, "byte {i}");
+    }
+    // Unknown service actions, CRYPTO ERASE among them.
+    for action in [0u8, sa::SANITIZE_CRYPTO_ERASE, 4, 0x1e] {
+        let r = exec(&l, &sanitize(action, 0), &[]);
+        assert_eq!(sense_of(&r), invalid_cdb, "service action {action:#x}");
+    }
+    // Nothing above touched the medium.
+    assert_eq!(l.shared.state.lock().unwrap().sanitize, SanitizeState::Idle);
+}
+
+#[test]
+fn sanitize_block_erase_reads_zeroes_and_deallocates_everything() {
+    let l = lu(4 << 20); // 8192 blocks
+    exec(&l, &rw16(op::WRITE_16, 0, 2048, 0), &vec![0x61u8; 1 << 20]);
+    exec(
+        &l,
+        &rw16(op::WRITE_16, 8192 - 256, 256, 0),
+        &vec![0x61u8; 128 << 10],
+    );
+    let r = exec(&l, &sanitize(sa::SANITIZE_BLOCK_ERASE, 0), &[]);
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    for lba in [0, 2047, 8191] {
+        let r = exec(&l, &rw16(op::READ_16, lba, 1, 0), &[]);
+        assert_eq!(r.data, vec![0u8; 512], "LBA {lba}");
+    }
+    let mut c = [0u8; 16];
+    c[0] = op::SERVICE_ACTION_IN_16;
+    c[1] = sa::GET_LBA_STATUS;
+    c[13] = 255;
+    let r = exec(&l, &c, &[]);
+    assert_eq!(&r.data[..4], &20u32.to_be_bytes(), "one descriptor");
+    assert_eq!(&r.data[16..20], &8192u32.to_be_bytes());
+    assert_eq!(r.data[20], 1, "deallocated");
+    // WABEREQ 01b (reads after BLOCK ERASE succeed), WACEREQ 00b.
+    let r = exec(&l, &[op::INQUIRY, 1, 0xb1, 0, 255, 0], &[]);
+    assert_eq!(r.data[7] & 0xf0, 0x40);
+    // EXIT FAILURE MODE with nothing failed is GOOD.
+    let r = exec(&l, &sanitize(sa::SANITIZE_EXIT_FAILURE_MODE, 0), &[]);
+    assert_eq!(r.status, status::GOOD);
+}
+
+#[test]
+fn sanitize_refused_on_write_protected_and_reserved_lus() {
+    // A read-only device.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.raw");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let ro = Lu {
+        lun: 0,
+        device: Arc::new(RawFile::open(&path, true).unwrap()),
+        shared: Arc::new(LuShared::default()),
+    };
+    let p = overwrite_params(0x01, &[0xaa; 512]);
+    let ow = sanitize(sa::SANITIZE_OVERWRITE, p.len() as u16);
+    let be = sanitize(sa::SANITIZE_BLOCK_ERASE, 0);
+    assert_eq!(
+        sense_of(&exec(&ro, &ow, &p)),
+        (SenseKey::DataProtect, 0x27, 0)
+    );
+    assert_eq!(
+        sense_of(&exec(&ro, &be, &[])),
+        (SenseKey::DataProtect, 0x27, 0)
+    );
+
+    // Software write protect through the control mode page.
+    let l = lu(1 << 20);
+    let mask = exec(&l, &[op::MODE_SENSE_6, 0x08, 0x4a, 0, 255, 0], &[]).data;
+    assert_eq!(mask[4 + 4] & 0x08, 0x08, "SWP is changeable");
+    let set_swp = |on: bool| {
+        let mut sel = exec(&l, &[op::MODE_SENSE_6, 0x08, 0x0a, 0, 255, 0], &[]).data;
+        sel[0] = 0;
+        sel[2] = 0;
+        sel[4 + 4] = if on { 0x08 } else { 0 };
+        let r = exec(
+            &l,
+            &[op::MODE_SELECT_6, 0x10, 0, 0, sel.len() as u8, 0],
+            &sel,
+        );
+        assert_eq!(r.status, status::GOOD, "{r:?}");
+    };
+    set_swp(true);
+    let ms = exec(&l, &[op::MODE_SENSE_6, 0x08, 0x0a, 0, 255, 0], &[]).data;
+    assert_eq!((ms[2] & 0x80, ms[4 + 4] & 0x08), (0x80, 0x08), "WP and SWP");
+    assert_eq!(
+        sense_of(&exec(&l, &ow, &p)),
+        (SenseKey::DataProtect, 0x27, 2)
+    );
+    assert_eq!(
+        sense_of(&exec(&l, &be, &[])),
+        (SenseKey::DataProtect, 0x27, 2)
+    );
+    let r = exec(&l, &rw16(op::WRITE_16, 0, 1, 0), &[0u8; 512]);
+    assert_eq!(sense_of(&r), (SenseKey::DataProtect, 0x27, 2));
+    assert_eq!(
+        exec(&l, &rw16(op::READ_16, 0, 1, 0), &[]).status,
+        status::GOOD
+    );
+    set_swp(false);
+    assert_eq!(exec(&l, &be, &[]).status, status::GOOD);
+
+    // Another nexus holds a reservation.
+    let a = ctx("a,i,0x1");
+    let b = ctx("b,i,0x2");
+    let reserve = cdb(&[op::RESERVE_6, 0, 0, 0, 0, 0]);
+    assert_eq!(execute(Some(&l), &b, &reserve, &[]).status, status::GOOD);
+    for (c, d) in [(&ow, &p[..]), (&be, &[][..])] {
+        let r = execute(Some(&l), &a, &cdb(c), d);
+        assert_eq!(r.status, status::RESERVATION_CONFLICT);
+    }
+    assert_eq!(execute(Some(&l), &b, &cdb(&be), &[]).status, status::GOOD);
+}
+
+#[test]
+fn sanitize_in_progress_and_failure_mode() {
+    let (l, spy) = spy_lu(1 << 20);
+    let tur = [op::TEST_UNIT_READY, 0, 0, 0, 0, 0];
+    let read = rw16(op::READ_16, 0, 1, 0);
+    let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+    // While a sanitize runs (another thread), only a few commands pass.
+    l.shared.state.lock().unwrap().sanitize = SanitizeState::Running;
+    for c in [
+        &tur[..],
+        &read[..],
+        &sanitize(sa::SANITIZE_BLOCK_ERASE, 0)[..],
+    ] {
+        assert_eq!(
+            sense_of(&exec(&l, c, &[])),
+            (SenseKey::NotReady, 0x04, 0x1b)
+        );
+    }
+    assert_eq!(
+        exec(&l, &[op::INQUIRY, 0, 0, 0, 36, 0], &[]).status,
+        status::GOOD
+    );
+    let r = exec(&l, &rs, &[]);
+    assert_eq!(
+        (r.status, r.data[2], r.data[12], r.data[13]),
+        (status::GOOD, 2, 0x04, 0x1b)
+    );
+    l.shared.state.lock().unwrap().sanitize = SanitizeState::Idle;
+
+    // A sanitize that fails part way leaves the LU in failure mode.
+    spy.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let be = sanitize(sa::SANITIZE_BLOCK_ERASE, 0);
+    let failed = (SenseKey::MediumError, 0x31, 0x03);
+    assert_eq!(sense_of(&exec(&l, &be, &[])), failed);
+    assert_eq!(sense_of(&exec(&l, &read, &[])), failed);
+    assert_eq!(sense_of(&exec(&l, &tur, &[])), failed);
+    // Without AUSE it cannot be exited, only redone.
+    let exit = sanitize(sa::SANITIZE_EXIT_FAILURE_MODE, 0);
+    assert_eq!(sense_of(&exec(&l, &exit, &[])).1, 0x24);
+    spy.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(exec(&l, &be, &[]).status, status::GOOD);
+    assert_eq!(exec(&l, &read, &[]).status, status::GOOD);
+    // With AUSE, EXIT FAILURE MODE ends it.
+    spy.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        sense_of(&exec(
+            &l,
+            &sanitize(sa::SANITIZE_BLOCK_ERASE | 0x20, 0),
+            &[]
+        )),
+        failed
+    );
+    spy.fail.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(exec(&l, &exit, &[]).status, status::GOOD);
+    assert_eq!(exec(&l, &tur, &[]).status, status::GOOD);
+}
+
+#[test]
+fn report_supported_opcodes_lists_sanitize_without_crypto_erase() {
+    let l = lu(1 << 20);
+    let one = |action: u8| {
+        exec(
+            &l,
+            &[
+                op::MAINTENANCE_IN,
+                0x0c,
+                2,
+                op::SANITIZE,
+                0,
+                action,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+            ],
+            &[],
+        )
+        .data
+    };
+    for action in [
+        sa::SANITIZE_OVERWRITE,
+        sa::SANITIZE_BLOCK_ERASE,
+        sa::SANITIZE_EXIT_FAILURE_MODE,
+    ] {
+        let d = one(action);
+        assert_eq!(&d[..4], &[0, 3, 0, 10], "service action {action:#x}");
+        assert_eq!(
+            &d[4..],
+            &[op::SANITIZE, 0xa0 | action, 0, 0, 0, 0, 0, 0xff, 0xff, 0x07]
+        );
+    }
+    assert_eq!(one(sa::SANITIZE_CRYPTO_ERASE)[1], 1, "not supported");
+    // In the list of all commands, with SERVACTV.
+    let r = exec(
+        &l,
+        &[op::MAINTENANCE_IN, 0x0c, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0],
+        &[],
+    );
+    let sas: Vec<u16> = r.data[4..]
+        .chunks(8)
+        .filter(|d| d[0] == op::SANITIZE && d[5] & 1 == 1)
+        .map(|d| u16::from_be_bytes([d[2], d[3]]))
+        .collect();
+    assert_eq!(sas, vec![1, 2, 0x1f]);
+}
+
 #[test]
 fn unknown_opcode_is_illegal_request() {
     let l = lu(1 << 20);
-    for opc in [0x02u8, 0xc0, 0xff, 0x48] {
+    for opc in [0x02u8, 0xc0, 0xff, 0x4d] {
         let r = exec(&l, &[opc], &[]);
         assert_eq!(
             sense_of(&r),
