@@ -1,8 +1,5 @@
 //! The block-device interface that all three targets serve.
 
-use std::fs::File;
-use std::sync::Arc;
-
 use crate::{Error, Result};
 
 /// How a range of a device is backed, for NBD `base:allocation`, SCSI GET LBA
@@ -22,58 +19,6 @@ pub enum Allocation {
 pub struct Extent {
     pub len: u64,
     pub state: Allocation,
-}
-
-/// Bytes of a device that lie contiguously in one open file, for drivers that
-/// move them with `sendfile(2)` rather than copying them through user space.
-///
-/// The span names the file, not a snapshot of it: a write to the range after
-/// the span was taken is seen by whoever reads it later, as with any read
-/// that races a write. Trimming the range is safe (the file then reads as
-/// zeroes there).
-#[derive(Debug, Clone)]
-pub struct FileSpan {
-    pub file: Arc<File>,
-    /// Where the bytes start in the file.
-    pub offset: u64,
-    pub len: u64,
-    /// The file lives in memory (tmpfs, memfd): reading it never waits for a
-    /// disk, so a driver may do it on an event-loop thread.
-    pub in_memory: bool,
-}
-
-impl FileSpan {
-    /// The `len` bytes `start` bytes into this span.
-    ///
-    /// # Panics
-    /// If they are not inside it.
-    pub fn slice(&self, start: u64, len: u64) -> FileSpan {
-        assert!(start.checked_add(len).is_some_and(|end| end <= self.len));
-        FileSpan {
-            file: self.file.clone(),
-            offset: self.offset + start,
-            len,
-            in_memory: self.in_memory,
-        }
-    }
-}
-
-impl PartialEq for FileSpan {
-    fn eq(&self, o: &Self) -> bool {
-        Arc::ptr_eq(&self.file, &o.file) && self.offset == o.offset && self.len == o.len
-    }
-}
-
-impl Eq for FileSpan {}
-
-/// Whether `file` lives in memory (tmpfs, or a memfd, which is tmpfs inside).
-pub fn is_in_memory(file: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fstatfs fills the zeroed struct it is given; the fd is open.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::fstatfs(file.as_raw_fd(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
-    }
 }
 
 /// A fixed-size, thread-safe block device with positional I/O.
@@ -111,14 +56,6 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
     /// may stop early (then the caller asks again from where they end) but
     /// never extend past `offset + len`.
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>>;
-    /// Where `len` bytes at `offset` lie contiguously in one file, if they do
-    /// (a raw image; an overlay range wholly in its own file or wholly in
-    /// its base): the same bytes [`BlockDevice::read_at`] would return.
-    /// `None`: read them with `read_at`.
-    fn file_span(&self, offset: u64, len: u64) -> Option<FileSpan> {
-        let _ = (offset, len);
-        None
-    }
 }
 
 /// Rejects a request not wholly inside a device of `size` bytes.

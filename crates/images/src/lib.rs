@@ -47,6 +47,6 @@ pub mod raw;
 pub mod versions;
 
 pub use attach::{Attachment, DiskMode, DiskSpec};
-pub use device::{Allocation, BlockDevice, Extent, FileSpan};
+pub use device::{Allocation, BlockDevice, Extent};
 pub use error::{Error, Result};
 pub use media_clock::MediaClock;

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::device::{check_range, is_in_memory, Allocation, BlockDevice, Extent, FileSpan};
+use crate::device::{check_range, Allocation, BlockDevice, Extent};
 use crate::format::{
     ClusterState, Header, HeaderError, DEFAULT_CLUSTER_BITS, HEADER_LEN, MAP_PAGE,
 };
@@ -70,9 +70,7 @@ impl Default for CreateOptions {
 
 /// A copy-on-write overlay device.
 pub struct Overlay {
-    /// Shared with the [`FileSpan`]s handed to drivers.
-    file: Arc<File>,
-    in_memory: bool,
+    file: File,
     path: Option<PathBuf>,
     base: Option<Arc<dyn BlockDevice>>,
     header: Header,
@@ -250,8 +248,7 @@ impl Overlay {
     ) -> Self {
         let clusters = header.clusters() as usize;
         Self {
-            in_memory: is_in_memory(&file),
-            file: Arc::new(file),
+            file,
             path,
             base,
             bits: header.cluster_bits,
@@ -563,30 +560,6 @@ impl BlockDevice for Overlay {
         Ok(())
     }
 
-    fn file_span(&self, offset: u64, len: u64) -> Option<FileSpan> {
-        check_range(offset, len, self.header.size).ok()?;
-        if len == 0 {
-            return None;
-        }
-        let ci = offset >> self.bits;
-        let state = self.state(ci);
-        if self.run_end(ci, state, offset + len) != offset + len {
-            return None;
-        }
-        match ClusterState::from_byte(state) {
-            // Virtual byte n of a data cluster is at data_offset + n.
-            Some(ClusterState::Data) => Some(FileSpan {
-                file: self.file.clone(),
-                offset: self.header.data_offset + offset,
-                len,
-                in_memory: self.in_memory,
-            }),
-            Some(ClusterState::Zero) => None,
-            // Unallocated: the base's bytes, when it has them all.
-            _ => self.base.as_ref()?.file_span(offset, len),
-        }
-    }
-
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
         self.check_write(offset, buf.len() as u64)?;
         self.write_inner(buf, offset)?;
@@ -776,42 +749,6 @@ mod tests {
         raw.write_at(&vec![pattern; size as usize], 0, false)
             .unwrap();
         Arc::new(raw)
-    }
-
-    /// The bytes a span names, read with pread.
-    fn span_bytes(s: &FileSpan) -> Vec<u8> {
-        let mut v = vec![0u8; s.len as usize];
-        s.file.read_exact_at(&mut v, s.offset).unwrap();
-        v
-    }
-
-    #[test]
-    fn file_spans_name_the_bytes_read_at_returns_or_nothing() {
-        let base = base_with(0x11, 256 << 10);
-        let ov = Overlay::memory(Some(base.clone()), CreateOptions::default()).unwrap();
-        ov.write_at(&[0x22; 65536], 65536, false).unwrap();
-        ov.write_zeroes(131072, 65536, false).unwrap();
-        let read = |off: u64, len: u64| {
-            let mut v = vec![0u8; len as usize];
-            ov.read_at(&mut v, off).unwrap();
-            v
-        };
-        // Wholly in the overlay's own file.
-        let s = ov.file_span(65536 + 100, 4000).unwrap();
-        assert!(s.in_memory);
-        assert_eq!(span_bytes(&s), read(65536 + 100, 4000));
-        // Wholly unallocated: the base's file.
-        let s = ov.file_span(200 << 10, 8192).unwrap();
-        assert!(Arc::ptr_eq(&s.file, &base.file_span(0, 1).unwrap().file));
-        assert_eq!(span_bytes(&s), read(200 << 10, 8192));
-        // Across states, in a zeroed cluster, empty, or past the end: none.
-        assert!(ov.file_span(60000, 8192).is_none());
-        assert!(ov.file_span(131072, 512).is_none());
-        assert!(ov.file_span(0, 0).is_none());
-        assert!(ov.file_span(255 << 10, 2048).is_none());
-        // A sub-span is the matching part.
-        let s = ov.file_span(65536, 65536).unwrap().slice(1000, 24);
-        assert_eq!(span_bytes(&s), read(65536 + 1000, 24));
     }
 
     #[test]

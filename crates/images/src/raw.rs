@@ -7,34 +7,19 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
-use crate::device::{check_range, is_in_memory, Allocation, BlockDevice, Extent, FileSpan};
+use crate::device::{check_range, Allocation, BlockDevice, Extent};
 use crate::{Error, Result};
 
 /// A raw disk image: byte `n` of the device is byte `n` of the file.
 #[derive(Debug)]
 pub struct RawFile {
-    /// Shared with the [`FileSpan`]s handed to drivers.
-    file: Arc<File>,
+    file: File,
     path: Option<PathBuf>,
     size: u64,
     read_only: bool,
-    in_memory: bool,
 }
 
 impl RawFile {
-    fn new(file: File, path: Option<PathBuf>, size: u64, read_only: bool) -> Self {
-        let in_memory = is_in_memory(&file);
-        Self {
-            file: Arc::new(file),
-            path,
-            size,
-            read_only,
-            in_memory,
-        }
-    }
-
     /// Opens an existing image; its size is the file's size.
     ///
     /// A writable open of a frozen image (no write permission bits: the base of
@@ -46,7 +31,12 @@ impl RawFile {
         }
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         let size = file.metadata()?.len();
-        Ok(Self::new(file, Some(path.to_owned()), size, read_only))
+        Ok(Self {
+            file,
+            path: Some(path.to_owned()),
+            size,
+            read_only,
+        })
     }
 
     /// Creates a new sparse image of `size` bytes; fails if `path` exists.
@@ -57,7 +47,12 @@ impl RawFile {
             .create_new(true)
             .open(path)?;
         file.set_len(size)?;
-        Ok(Self::new(file, Some(path.to_owned()), size, false))
+        Ok(Self {
+            file,
+            path: Some(path.to_owned()),
+            size,
+            read_only: false,
+        })
     }
 
     /// A RAM-backed device of `size` bytes (an anonymous memfd; sparse, so only
@@ -72,7 +67,12 @@ impl RawFile {
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)?;
-        Ok(Self::new(file, None, size, false))
+        Ok(Self {
+            file,
+            path: None,
+            size,
+            read_only: false,
+        })
     }
 
     /// The file's path, if it has one.
@@ -142,16 +142,6 @@ impl BlockDevice for RawFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size)?;
         self.file.read_exact_at(buf, offset).map_err(Error::from_io)
-    }
-
-    fn file_span(&self, offset: u64, len: u64) -> Option<FileSpan> {
-        check_range(offset, len, self.size).ok()?;
-        Some(FileSpan {
-            file: self.file.clone(),
-            offset,
-            len,
-            in_memory: self.in_memory,
-        })
     }
 
     fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
