@@ -243,6 +243,11 @@ fn batchable(buffered: &[u8], hdr_len: usize) -> Option<u64> {
 struct Reader {
     r: BufReader<std::io::Chain<std::io::Cursor<Bytes>, StdConn>>,
     done: bool,
+    /// The last request carried a large payload: read the next header on
+    /// its own rather than filling the buffer, which would pull the start of
+    /// another large payload into it and cost a copy out of it (4 % of the
+    /// server's CPU on 1 MiB writes).
+    header_alone: bool,
 }
 
 enum Work {
@@ -276,6 +281,7 @@ pub async fn serve(
             std::io::Cursor::new(leftover.freeze()).chain(conn),
         ),
         done: false,
+        header_alone: false,
     }));
     let writer = Arc::new(Mutex::new(writer));
     let budget = Arc::new(Budget {
@@ -388,7 +394,14 @@ fn take_request(
         }
         Taken::End
     };
-    if rd.r.read_exact(hdr).is_err() {
+    let header = if rd.header_alone && rd.r.buffer().is_empty() {
+        // Past the buffer, which is empty: the stream stays in order.
+        rd.r.get_mut().read_exact(hdr)
+    } else {
+        rd.r.read_exact(hdr)
+    };
+    rd.header_alone = false;
+    if header.is_err() {
         debug!("client closed the connection");
         return end(rd);
     }
@@ -400,6 +413,7 @@ fn take_request(
         }
         Action::ReadPayload { req, len } => {
             let held = prepaid.unwrap_or_else(|| budget.take(len as u64 + 64));
+            rd.header_alone = len as u64 > MAX_BATCHED_REQUEST;
             let mut data = Vec::with_capacity(len);
             if read_payload(rd, &mut data, len).is_err() {
                 rd.done = true;
