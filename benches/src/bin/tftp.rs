@@ -202,9 +202,14 @@ fn inner() -> Result<()> {
             values,
         });
     }
+    // Server CPU per storm row: with many clients the machine's two cores are
+    // shared by the server and 50 client threads, so what the server spends
+    // decides what is left for the clients.
+    let mut storm_cpu: Vec<String> = Vec::new();
     for ws in [1u16, 16] {
         let mut values = Vec::new();
-        for (i, (name, addr, _)) in servers.iter().enumerate() {
+        for (i, (name, addr, d)) in servers.iter().enumerate() {
+            let cpu0 = cpu_seconds(d.pid());
             let t = Instant::now();
             let results: Vec<Result<(u16, u32)>> = std::thread::scope(|s| {
                 let hs: Vec<_> = (0..CLIENTS)
@@ -213,6 +218,10 @@ fn inner() -> Result<()> {
                 hs.into_iter().map(|h| h.join().unwrap()).collect()
             });
             let secs = t.elapsed().as_secs_f64();
+            storm_cpu.push(format!(
+                "{name}, {CLIENTS} clients windowsize {ws}: server CPU {:.2} s in {secs:.2} s",
+                cpu_seconds(d.pid()) - cpu0
+            ));
             let mut granted = 0;
             for r in results {
                 let (g, rec) = r.with_context(|| format!("{name}: {CLIENTS} clients"))?;
@@ -248,6 +257,9 @@ fn inner() -> Result<()> {
         "[wN] = windowsize the server granted (1: not supported, lock-step).\n\
          Shared 2-core machine: absolute figures are noisy; compare the ratios of one run."
     );
+    for line in &storm_cpu {
+        println!("{line}");
+    }
     for ((name, _, d), r) in servers.iter().zip(&recovered) {
         let cpu = cpu_seconds(d.pid());
         // tftpd-hpa's per-transfer children are reaped without accounting.
