@@ -193,6 +193,21 @@ impl Response {
     }
 }
 
+/// A condition reported ahead of the command: REQUEST SENSE returns it as
+/// its data (fixed or descriptor format as asked), any other command gets
+/// CHECK CONDITION with it.
+fn pending_sense(sense: Sense, cdb: &[u8; 16], d_sense: bool) -> Response {
+    if cdb[0] == op::REQUEST_SENSE {
+        let d = if cdb[1] & 1 != 0 {
+            sense.descriptor()
+        } else {
+            sense.fixed().to_vec()
+        };
+        return Response::good(truncated(d, cdb[4] as usize));
+    }
+    Response::check(sense, d_sense)
+}
+
 fn be16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
 }
@@ -314,16 +329,7 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
             .and_then(|mut s| s.unit_attention.remove(ctx.nexus));
         if let Some(code) = ua {
             tracing::debug!(nexus = ctx.nexus, ?code, "unit attention reported");
-            let sense = Sense::new(SenseKey::UnitAttention, code);
-            if cdb[0] == op::REQUEST_SENSE {
-                let d = if cdb[1] & 1 != 0 {
-                    sense.descriptor()
-                } else {
-                    sense.fixed().to_vec()
-                };
-                return Response::good(truncated(d, cdb[4] as usize));
-            }
-            return Response::check(sense, d_sense);
+            return pending_sense(Sense::new(SenseKey::UnitAttention, code), cdb, d_sense);
         }
     }
     // Reservation conflicts come before anything else (SPC-4 5.7.1).
@@ -354,15 +360,7 @@ pub fn execute(lu: Option<&Lu>, ctx: &Context<'_>, cdb: &[u8; 16], data_out: &[u
         .map(|s| s.sanitize)
         .unwrap_or_default();
     if let Some(s) = sanitize_sense(sanitize, cdb) {
-        if cdb[0] == op::REQUEST_SENSE {
-            let d = if cdb[1] & 1 != 0 {
-                s.descriptor()
-            } else {
-                s.fixed().to_vec()
-            };
-            return Response::good(truncated(d, cdb[4] as usize));
-        }
-        return Response::check(s, d_sense);
+        return pending_sense(s, cdb, d_sense);
     }
     let exec = Exec {
         lu,
