@@ -155,7 +155,7 @@ fn initiator_reads_and_writes_a_vblade_disk() {
 fn tshark(lab: &Lab, file: &Path) -> Daemon {
     let tshark = require("tshark", "tshark");
     let log = lab.dir.path().join("tshark.log");
-    let mut cmd = lab.ini.command(tshark);
+    let mut cmd = lab.ini.command(&tshark);
     cmd.args([
         "-i",
         &lab.ini_if,
@@ -176,8 +176,29 @@ fn tshark(lab: &Lab, file: &Path) -> Daemon {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // tshark prints the line just before its capture loop starts.
-    std::thread::sleep(Duration::from_millis(300));
+    // "Capturing on" can come well before the capture is live (a CI run
+    // once lost all but the last 29 frames): send broadcast Query Config
+    // frames, which nothing answers yet, until one is in the file (dumpcap
+    // flushes it about every 100 ms).
+    let mut probe = lab.initiator(&lab.ini_if);
+    let start = Instant::now();
+    loop {
+        let _ = probe.discover(0xffff, 0xff, Duration::from_millis(50));
+        let seen = Command::new(&tshark)
+            .arg("-r")
+            .arg(file)
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty());
+        if seen {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "tshark captured none of our probes: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     d
 }
 
