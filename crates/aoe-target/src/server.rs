@@ -498,7 +498,8 @@ fn serve_thread(shared: &Shared, iface: usize) {
         for (t, client) in identified.drain(..) {
             shared.devices[t].identified(client);
         }
-        let has_io = jobs[..n].iter().any(Option::is_some);
+        let ios = jobs[..n].iter().filter(|j| j.is_some()).count();
+        let has_io = ios > 0;
         if has_io && leader.io_is_slow() {
             leader.release();
             leading = false;
@@ -512,7 +513,6 @@ fn serve_thread(shared: &Shared, iface: usize) {
                 lens[i] = io.complete(result, frame);
             }
         }
-        let ios = jobs[..n].iter().filter(|j| j.is_some()).count();
         leader.record_batch(started.elapsed(), ios);
         // Every reply goes out on the interface its request came in on.
         let data = (0..n)

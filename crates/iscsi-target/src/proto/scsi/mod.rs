@@ -1297,7 +1297,11 @@ impl Exec<'_> {
         let block: Vec<u8> = o.pattern.iter().copied().cycle().take(bs).collect();
         let per = ((1 << 20) / bs).max(1);
         let plain = block.repeat(per);
-        let inverted: Vec<u8> = plain.iter().map(|b| !b).collect();
+        let inverted: Vec<u8> = if o.invert {
+            plain.iter().map(|b| !b).collect()
+        } else {
+            Vec::new()
+        };
         for pass in 0..o.count {
             // With INVERT the passes alternate, and the first is chosen so
             // the last writes the pattern itself (SBC-4 5.30.2.2).

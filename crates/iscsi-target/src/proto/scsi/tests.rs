@@ -7,6 +7,17 @@ use proptest::prelude::*;
 
 const IQN: &str = "iqn.2026-11.org.anyboot:unit";
 
+/// A 1 MiB LU on a raw file in `dir` opened read-only.
+fn read_only_lu(dir: &std::path::Path) -> Lu {
+    let p = dir.join("ro.raw");
+    std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+    Lu {
+        lun: 0,
+        device: Arc::new(RawFile::open(&p, true).unwrap()),
+        shared: Arc::new(LuShared::default()),
+    }
+}
+
 fn lu(size: u64) -> Lu {
     Lu {
         lun: 0,
@@ -149,13 +160,7 @@ fn capacity_read_write_and_range_checks() {
 #[test]
 fn read_only_device_refuses_writes_with_data_protect() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("ro.raw");
-    std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
-    let l = Lu {
-        lun: 0,
-        device: Arc::new(RawFile::open(&p, true).unwrap()),
-        shared: Arc::new(LuShared::default()),
-    };
+    let l = read_only_lu(dir.path());
     let r = exec(&l, &rw16(op::WRITE_16, 0, 1, 0), &[0u8; 512]);
     assert_eq!(sense_of(&r), (SenseKey::DataProtect, 0x27, 0));
     let r = exec(&l, &[op::MODE_SENSE_6, 0x08, 0x3f, 0, 255, 0], &[]);
@@ -668,16 +673,7 @@ fn sanitize_block_erase_reads_zeroes_and_deallocates_everything() {
 fn sanitize_refused_on_write_protected_and_reserved_lus() {
     // A read-only device.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ro.raw");
-    std::fs::File::create(&path)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let ro = Lu {
-        lun: 0,
-        device: Arc::new(RawFile::open(&path, true).unwrap()),
-        shared: Arc::new(LuShared::default()),
-    };
+    let ro = read_only_lu(dir.path());
     let p = overwrite_params(0x01, &[0xaa; 512]);
     let ow = sanitize(sa::SANITIZE_OVERWRITE, p.len() as u16);
     let be = sanitize(sa::SANITIZE_BLOCK_ERASE, 0);
