@@ -34,3 +34,55 @@ pub fn table(title: &str, unit: &str, rows: &[Row]) -> String {
     }
     out
 }
+
+/// The median of `v` (the upper one of an even count); alternating runs of a
+/// noisy shared machine are summed up by it, so one burst of noise moves one
+/// run, not the row.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    assert!(!v.is_empty(), "median of no runs");
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Restricts every thread of process `pid` to `cpus` (threads and children it
+/// creates later inherit it): a benchmark places a server and its client on
+/// one CPU to measure work per request without cross-CPU wake-ups.
+pub fn pin_process(pid: u32, cpus: &[usize]) -> std::io::Result<()> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = t?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            match pin_thread(tid, cpus) {
+                // The thread ended after it was listed (an idle pool thread).
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                r => r?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Restricts thread `tid` (0: the calling thread) to `cpus`.
+pub fn pin_thread(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set, and the
+    // pointer and size passed describe it exactly.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Every CPU this machine has online, for undoing a pin.
+pub fn all_cpus() -> Vec<usize> {
+    // Not available_parallelism: it reports the calling thread's own mask,
+    // which may be pinned.
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (0..usize::try_from(n).unwrap_or(1).max(1)).collect()
+}

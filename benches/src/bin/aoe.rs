@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyboot_aoe_target::initiator::{Device, Initiator, InitiatorError, Op};
-use anyboot_benches::{table, Row};
+use anyboot_benches::{median, table, Row};
 use anyboot_tests::{in_netns, require, require_root, veth_pair, Daemon, Netns};
 use anyhow::{bail, Context, Result};
 
@@ -161,11 +161,6 @@ fn run_one(lab: &Lab, image: &Path, ours: bool, logdir: &Path) -> Result<Figures
 
 /// Alternating runs per target and MTU.
 const REPS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn medians(runs: &[Figures]) -> Figures {
     (
