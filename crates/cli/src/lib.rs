@@ -4,6 +4,7 @@
 //! Every binary flattens [`CommonArgs`] into its clap parser, calls
 //! [`CommonArgs::init_logging`], loads the site file with
 //! [`CommonArgs::load_site`] and runs its server until [`shutdown_signal`].
+//! Daemons that move large I/O buffers first call [`keep_io_buffers`].
 
 use std::path::PathBuf;
 
@@ -125,5 +126,38 @@ mod tests {
         assert!(parse_image_flag("x=").is_err());
         assert!(parse_image_flag("x=/y,rx").is_err());
         assert!(parse_image_flag("nothing").is_err());
+    }
+}
+
+/// Makes glibc's allocator keep freed I/O buffers for reuse instead of handing
+/// them back to the kernel after every command. Call it once, first thing in
+/// `main`; embedders with the same traffic should do the same.
+///
+/// Why: a block target allocates a buffer per large request (up to a few MiB)
+/// on one thread and frees it on another after the reply is written. With
+/// glibc's defaults, those frees keep trimming the arena (madvise) and the
+/// next allocation faults every page in again and zeroes it: on a RAM-backed
+/// LUN, iSCSI 1 MiB reads went from about 1.7k to 2.5k IOPS and 128 KiB reads
+/// from about 10k to 18k when the thresholds below were set (iscsi-perf,
+/// loopback). Setting either threshold alone is worse than neither: a fixed
+/// mmap threshold without a high trim threshold trims constantly, and the
+/// reverse sends every buffer through mmap/munmap.
+///
+/// The cost: memory freed after a peak stays in the process (bounded by the
+/// peak, which the daemons bound by their in-flight limits).
+pub fn keep_io_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// Allocations up to this size come from the heap, not from mmap:
+        /// glibc's own ceiling for its dynamic threshold.
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        /// Free memory at an arena's top that is kept, not trimmed.
+        const TRIM_THRESHOLD: libc::c_int = 64 << 20;
+        // SAFETY: mallopt only changes allocator parameters; called before the
+        // daemon's threads start, and valid at any time anyway.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
     }
 }

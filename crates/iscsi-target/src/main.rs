@@ -134,6 +134,7 @@ fn build(args: &Args) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
+    anyboot_cli::keep_io_buffers();
     let args = Args::parse();
     if args.common.check_config {
         // A site file without an [iscsi] section is valid for us too.
