@@ -118,6 +118,7 @@ fn build(args: &Args) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
+    anyboot_cli::keep_io_buffers();
     let args = Args::parse();
     if args.common.check_config {
         let r = build(&args).and_then(|c| {
