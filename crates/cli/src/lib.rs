@@ -108,27 +108,6 @@ pub fn parse_image_flag(s: &str) -> Result<(String, PathBuf, bool), String> {
     Ok((name.to_owned(), PathBuf::from(path), ro))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_flag_forms() {
-        assert_eq!(
-            parse_image_flag("disk=/a/b.raw").unwrap(),
-            ("disk".into(), "/a/b.raw".into(), false)
-        );
-        assert_eq!(
-            parse_image_flag("0=/a/b.raw,ro").unwrap(),
-            ("0".into(), "/a/b.raw".into(), true)
-        );
-        assert!(parse_image_flag("=/x").is_err());
-        assert!(parse_image_flag("x=").is_err());
-        assert!(parse_image_flag("x=/y,rx").is_err());
-        assert!(parse_image_flag("nothing").is_err());
-    }
-}
-
 /// Makes glibc's allocator keep freed I/O buffers for reuse instead of handing
 /// them back to the kernel after every command. Call it once, first thing in
 /// `main`; embedders with the same traffic should do the same.
@@ -159,5 +138,26 @@ pub fn keep_io_buffers() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_flag_forms() {
+        assert_eq!(
+            parse_image_flag("disk=/a/b.raw").unwrap(),
+            ("disk".into(), "/a/b.raw".into(), false)
+        );
+        assert_eq!(
+            parse_image_flag("0=/a/b.raw,ro").unwrap(),
+            ("0".into(), "/a/b.raw".into(), true)
+        );
+        assert!(parse_image_flag("=/x").is_err());
+        assert!(parse_image_flag("x=").is_err());
+        assert!(parse_image_flag("x=/y,rx").is_err());
+        assert!(parse_image_flag("nothing").is_err());
     }
 }
