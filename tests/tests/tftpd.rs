@@ -750,3 +750,69 @@ fn boot_tree_over_tftp_and_http_with_range() {
     assert_eq!(code("/%2e%2e/site.toml", &["--path-as-is"]), "403");
     d.stop();
 }
+
+/// SIGHUP re-reads the site file: a host added to the inventory gets its
+/// script and a changed profile shows at once, without a restart; a site file
+/// that no longer loads is refused and the running tree stays.
+#[test]
+fn sighup_reloads_the_boot_tree_from_the_site_file() {
+    let curl = require("curl", "curl");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tftp")).unwrap();
+    let port = free_udp_port();
+    let site = dir.path().join("site.toml");
+    let tftpd = format!("[tftpd]\nroot = \"tftp\"\nlisten = [\"127.0.0.1:{port}\"]\n");
+    std::fs::write(&site, format!("{SITE}\n{tftpd}")).unwrap();
+    let mut cmd = Command::new(bin("anyboot-tftpd"));
+    cmd.arg("--config").arg(&site);
+    let d = Daemon::spawn("anyboot-tftpd", &mut cmd, &dir.path().join("log"));
+    wait_for_log(&d, "anyboot-tftpd ready");
+    let fetch = |name: &str| {
+        let out = run(Command::new(&curl).args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("tftp://127.0.0.1:{port}/hosts/{name}.ipxe"),
+        ]));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let hup = || {
+        // SAFETY: kill(2) on the PID of the daemon this test started.
+        let r = unsafe { libc::kill(d.pid() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(r, 0, "SIGHUP to the daemon");
+    };
+    let pc01 = "52-54-00-00-00-01";
+    let pc02 = "52-54-00-00-00-02";
+    let before = fetch(pc01).expect("pc01's script before the reload");
+    assert!(before.contains("--timeout 3000"), "{before}");
+    assert_eq!(fetch(pc02), None, "pc02 is not in the inventory yet");
+
+    // A new host and a longer menu timeout for the profile.
+    let changed = SITE.replace("menu_timeout = 3", "menu_timeout = 7");
+    assert_ne!(changed, SITE);
+    std::fs::write(
+        &site,
+        format!(
+            "{changed}\n[[host]]\nname = \"pc02\"\nmac = \"52:54:00:00:00:02\"\n\
+             address = \"10.0.0.12\"\nprofile = \"classroom\"\n{tftpd}"
+        ),
+    )
+    .unwrap();
+    hup();
+    wait_for_log(&d, "boot tree reloaded");
+    let after = fetch(pc01).expect("pc01's script after the reload");
+    assert!(after.contains("--timeout 7000"), "{after}");
+    let new = fetch(pc02).expect("pc02's script after the reload");
+    assert!(new.starts_with("#!ipxe\n"), "{new}");
+
+    // A broken file: the reload is refused and named, the tree stays.
+    std::fs::write(&site, "this is [not toml").unwrap();
+    hup();
+    wait_for_log(&d, "reload failed");
+    assert!(plain_log(&d).contains("site.toml"), "{}", plain_log(&d));
+    let kept = fetch(pc02).expect("pc02's script after a failed reload");
+    assert_eq!(kept, new);
+    d.stop();
+}

@@ -130,7 +130,8 @@ pub struct Config {
     pub upload: Option<Upload>,
     pub remap: Vec<RemapRule>,
     pub classes: Vec<ClientClass>,
-    /// Virtual files (generated from the inventory).
+    /// Virtual files (generated from the inventory) served from the start;
+    /// [`crate::ReloadHandle`] replaces them while running.
     pub boot_tree: Arc<BootTree>,
     pub http_max_connections: usize,
     pub shutdown_grace: Duration,

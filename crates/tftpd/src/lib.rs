@@ -27,4 +27,4 @@ pub mod server;
 
 pub use anyboot_config::Site;
 pub use config::Config;
-pub use server::{Error, Server};
+pub use server::{Error, ReloadHandle, Server};

@@ -1,6 +1,7 @@
 //! `anyboot-tftpd`: clap glue around the `anyboot_tftpd` library. Standalone
 //! (`--listen ADDR:PORT --root DIR`) or from the site file (`--config`); flags
-//! override the file.
+//! override the file. SIGHUP re-reads the site file and swaps the generated
+//! boot tree (hosts, profiles, menus) without a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,8 +13,15 @@ use anyboot_tftpd::{Config, Server};
 use anyhow::Context;
 use clap::Parser;
 
-#[derive(Debug, Parser)]
-#[command(version, about)]
+#[derive(Debug, Clone, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Signals: SIGTERM/SIGINT stop (running transfers get a grace period); \
+                  SIGHUP re-reads the site file and replaces the generated per-host files \
+                  (iPXE scripts, pxelinux.cfg) without a restart. Listeners, root and \
+                  options need a restart."
+)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
@@ -141,6 +149,8 @@ fn main() -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        // Without a handler SIGHUP would end the process.
+        let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let shutdown = async move {
             let which = tokio::select! {
                 _ = term.recv() => "SIGTERM",
@@ -149,8 +159,43 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(signal = which, "shutting down");
         };
         let server = Server::bind(config).await?;
+        tokio::spawn(reload_on_hangup(hup, server.reload_handle(), args.clone()));
         tracing::info!(tftp = ?server.local_addrs(), http = ?server.http_addrs(), "anyboot-tftpd ready");
         server.run(shutdown).await?;
         Ok(())
     })
+}
+
+/// On every SIGHUP: builds the configuration again from the same flags and
+/// site file and, if that works, serves its boot tree. A file that no longer
+/// loads is logged and the running tree stays.
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    handle: anyboot_tftpd::ReloadHandle,
+    args: Args,
+) {
+    let args = std::sync::Arc::new(args);
+    while hup.recv().await.is_some() {
+        let a = args.clone();
+        // Reading the site file and generating the tree is blocking work.
+        let built = tokio::task::spawn_blocking(move || build(&a)).await;
+        match built {
+            Ok(Ok(Some(config))) => {
+                let before = handle.boot_tree_len();
+                handle.set_boot_tree(config.boot_tree);
+                tracing::info!(
+                    before,
+                    after = handle.boot_tree_len(),
+                    "SIGHUP: boot tree reloaded (virtual files)"
+                );
+            }
+            Ok(Ok(None)) => tracing::warn!(
+                "SIGHUP: the site file has no [tftpd] section any more; keeping the current boot tree"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the current boot tree")
+            }
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: reload task failed"),
+        }
+    }
 }

@@ -11,9 +11,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
+use anyboot_boot_tree::BootTree;
 use anyboot_wire::tftp::{ErrorCode, Mode, Packet, Repr, Request, MAX_PACKET_LEN};
 use bytes::Bytes;
 use tokio::net::{TcpListener, UdpSocket};
@@ -65,6 +66,9 @@ pub(crate) struct Shared {
     /// Set when the shutdown grace period is over: blocking transfer threads
     /// stop at their next tick.
     abort: Arc<AtomicBool>,
+    /// The files generated from the inventory (first `config.boot_tree`),
+    /// replaced whole by a [`ReloadHandle`].
+    boot_tree: RwLock<Arc<BootTree>>,
 }
 
 /// A file served to a transfer or an HTTP response.
@@ -107,15 +111,20 @@ impl Source for Body {
 }
 
 impl Shared {
+    /// The boot tree in force now.
+    fn boot_tree(&self) -> Arc<BootTree> {
+        // A panic while swapping an `Arc` cannot leave it half written.
+        self.boot_tree
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Name -> servable body, with the same rules for TFTP and HTTP.
     pub(crate) async fn open(&self, name: &[u8]) -> Result<(String, Body), Refusal> {
         let rel = paths::sanitize(name, &self.config.remap)?;
         let resolved = {
-            let (root, tree, rel) = (
-                self.root.clone(),
-                self.config.boot_tree.clone(),
-                rel.clone(),
-            );
+            let (root, tree, rel) = (self.root.clone(), self.boot_tree(), rel.clone());
             tokio::task::spawn_blocking(move || paths::resolve(&root, &tree, &rel))
                 .await
                 .map_err(|_| Refusal::AccessViolation("internal error"))??
@@ -198,6 +207,7 @@ impl Server {
             dropped: AtomicU64::new(0),
             netascii_budget: Arc::new(Semaphore::new(NETASCII_BUDGET)),
             abort: Arc::new(AtomicBool::new(false)),
+            boot_tree: RwLock::new(config.boot_tree.clone()),
             config,
         });
         Ok(Self { shared, udp, http })
@@ -222,6 +232,14 @@ impl Server {
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .collect()
+    }
+
+    /// A handle that changes what the running server generates from the
+    /// inventory (take it before [`run`](Server::run)).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// How many times a file was read from disk into the shared cache.
@@ -256,6 +274,31 @@ impl Server {
         while tasks.join_next().await.is_some() {}
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Replaces a running server's boot tree, e.g. after the site file changed
+/// (the binary does it on SIGHUP). Only the generated files change: listeners,
+/// root, options and limits stay as bound.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    shared: Arc<Shared>,
+}
+
+impl ReloadHandle {
+    /// Serves `tree` from now on. A transfer already running keeps the file
+    /// it opened.
+    pub fn set_boot_tree(&self, tree: Arc<BootTree>) {
+        *self
+            .shared
+            .boot_tree
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = tree;
+    }
+
+    /// How many generated files are served now.
+    pub fn boot_tree_len(&self) -> usize {
+        self.shared.boot_tree().len()
     }
 }
 
