@@ -935,3 +935,34 @@ fn check_config_names_the_bad_key() {
         "{err}"
     );
 }
+
+/// SIGHUP (`systemctl reload`, a closed terminal) must not end a daemon that
+/// cannot reload: it is logged, the export keeps serving, and SIGTERM still
+/// stops it cleanly. The dhcpd, iSCSI and AoE binaries share this handler
+/// (`anyboot_cli::shutdown_signal`).
+#[test]
+fn sighup_is_logged_and_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.raw");
+    sparse_image(&img, 4 << 20);
+    let srv = Srv::start(
+        dir.path(),
+        "hup",
+        &["--export", &export_arg("d", &img, true)],
+    );
+    // SAFETY: kill(2) on the PID of the daemon this test started.
+    let r = unsafe { libc::kill(srv.daemon.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(r, 0);
+    let start = std::time::Instant::now();
+    while !srv.daemon.log().contains("SIGHUP ignored") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no SIGHUP line in the log:\n{}",
+            srv.daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let size = run_ok(tool("nbdinfo", "libnbd-bin").args(["--size", &srv.uri("d")]));
+    assert_eq!(size.trim(), (4u64 << 20).to_string());
+    srv.daemon.stop();
+}

@@ -76,16 +76,29 @@ pub fn finish_check(result: Result<String, impl std::fmt::Display>) -> ! {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+/// Installs the SIGINT, SIGTERM and SIGHUP handlers now and returns a future
+/// that resolves on the first SIGINT or SIGTERM. Call it before binding, so a
+/// signal that arrives while the daemon starts is handled too. A SIGHUP (which
+/// would otherwise end the process: `systemctl reload`, a closed terminal) is
+/// logged and ignored by daemons that cannot reload their configuration.
+/// Must be called inside a tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = which, "shutting down");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    async move {
+        let which = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => tracing::warn!(
+                    "SIGHUP ignored: this daemon does not reload its configuration; restart it to apply changes"
+                ),
+            }
+        };
+        tracing::info!(signal = which, "shutting down");
+    }
 }
 
 /// Parses `NAME=PATH[,ro]` (`--export`, `--lun`, `--target` flags).

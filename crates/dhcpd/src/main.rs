@@ -221,8 +221,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // Handlers first: a signal during start-up is handled, not fatal.
+        let shutdown = anyboot_cli::shutdown_signal();
         let server = anyboot_dhcpd::Server::bind(cfg).await?;
-        server.run(anyboot_cli::shutdown_signal()).await
+        server.run(shutdown).await
     })?;
     Ok(())
 }

@@ -155,8 +155,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // Handlers first: a signal during start-up is handled, not fatal.
+        let shutdown = anyboot_cli::shutdown_signal();
         let server = Server::bind(config).await?;
-        server.run(anyboot_cli::shutdown_signal()).await?;
+        server.run(shutdown).await?;
         anyhow::Ok(())
     })
 }
