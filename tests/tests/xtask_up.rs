@@ -1,5 +1,6 @@
-//! `cargo xtask up` with two daemons starts both, and SIGTERM to xtask stops
-//! both within a couple of seconds; a daemon that dies takes xtask down non-zero.
+//! `cargo xtask up` with two daemons starts both, passes SIGHUP on to them,
+//! and SIGTERM to xtask stops both within a couple of seconds; a daemon that
+//! dies takes xtask down non-zero.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -23,7 +24,7 @@ fn child_pids(log: &str) -> Vec<i32> {
 }
 
 #[test]
-fn up_starts_two_daemons_and_sigterm_stops_both() {
+fn up_starts_two_daemons_passes_sighup_on_and_sigterm_stops_both() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("tftp");
     std::fs::create_dir(&root).unwrap();
@@ -69,6 +70,28 @@ fn up_starts_two_daemons_and_sigterm_stops_both() {
     assert!(
         pids.iter().all(|&p| process_alive(p)),
         "a daemon is not running:\n{}",
+        up.log()
+    );
+
+    // SIGHUP reaches both daemons: tftpd reloads, nbd-server logs and keeps
+    // running, and xtask itself stays up.
+    // SAFETY: kill(2) on the PID of the xtask this test started.
+    assert_eq!(
+        unsafe { libc::kill(up.pid() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let start = Instant::now();
+    while !(up.log().contains("boot tree reloaded") && up.log().contains("SIGHUP ignored")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "SIGHUP did not reach both daemons:\n{}",
+            up.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        pids.iter().all(|&p| process_alive(p)),
+        "a daemon did not survive SIGHUP:\n{}",
         up.log()
     );
 

@@ -1,5 +1,6 @@
 //! `cargo xtask up`: one process per daemon, logs prefixed with the daemon's
 //! name, all stopped together on Ctrl-C/SIGTERM; non-zero exit if one dies.
+//! SIGHUP is passed on to every daemon (tftpd reloads its boot tree).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -94,6 +95,9 @@ async fn supervise(
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Passed on to every daemon: tftpd reloads its boot tree, the others log
+    // and ignore it. Without a handler it would end xtask and its daemons.
+    let mut hup = signal(SignalKind::hangup())?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for (name, bin) in &chosen {
         let mut child = Command::new(bin_dir.join(bin))
@@ -126,6 +130,10 @@ async fn supervise(
         tokio::select! {
             _ = term.recv() => break None,
             _ = int.recv() => break None,
+            _ = hup.recv() => {
+                eprintln!("xtask: SIGHUP: passing it on to the daemons");
+                signal_all(&children, libc::SIGHUP);
+            }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let mut dead = None;
                 for (name, c) in &mut children {
@@ -150,14 +158,19 @@ async fn supervise(
     }
 }
 
-async fn stop_all(children: &mut [(String, Child)]) {
-    for (_, c) in children.iter() {
+/// Sends `sig` to every daemon still running.
+fn signal_all(children: &[(String, Child)], sig: libc::c_int) {
+    for (_, c) in children {
         if let Some(pid) = c.id() {
             // SAFETY: `pid` is our own child, still unreaped (try_wait saw it
             // running or it has not been waited on), so it cannot be recycled.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(pid as libc::pid_t, sig) };
         }
     }
+}
+
+async fn stop_all(children: &mut [(String, Child)]) {
+    signal_all(children, libc::SIGTERM);
     for (name, c) in children.iter_mut() {
         match tokio::time::timeout(GRACE, c.wait()).await {
             Ok(Ok(status)) => eprintln!("xtask: {name} exited: {status}"),
