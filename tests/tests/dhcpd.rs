@@ -654,3 +654,90 @@ fn pxe_ipxe_and_proxy_answers_over_real_sockets() {
     );
     server.stop();
 }
+
+/// SIGHUP re-reads the site file: a host added to the inventory gets its
+/// reserved address without a restart, a lease given before the reload is
+/// kept, and a file that cannot be applied (broken, or a change that needs a
+/// restart) is refused with its reason while the server keeps serving.
+#[test]
+fn sighup_reloads_hosts_and_keeps_leases() {
+    let lab = Lab::new("dh7", 2);
+    let reserved_mac = "52:54:00:12:34:57";
+    lab.clients[1].0.exec_ok(&[
+        "ip",
+        "link",
+        "set",
+        &lab.clients[1].1,
+        "address",
+        reserved_mac,
+    ]);
+    let site = lab.path("site.toml");
+    let dhcpd = format!(
+        "[dhcpd]\ninterfaces = [\"br0\"]\nlease_db = \"{db}\"\n\
+         [[dhcpd.subnet]]\nnetwork = \"10.9.0.0/24\"\npool_start = \"10.9.0.100\"\npool_end = \"10.9.0.110\"\n",
+        db = lab.path("leases.db").display()
+    );
+    std::fs::write(&site, &dhcpd).unwrap();
+    let mut cmd = lab.server.command(bin("anyboot-dhcpd"));
+    cmd.env("NO_COLOR", "1")
+        .arg("-v")
+        .arg("--config")
+        .arg(&site);
+    let server = Daemon::spawn("dhcpd", &mut cmd, &lab.path("dhcpd.log"));
+    wait_for(
+        || server.log().contains("listening"),
+        Duration::from_secs(10),
+        || format!("server did not start:\n{}", server.log()),
+    );
+    let once = |i: usize| {
+        let skip = lab.events(i).lines().count();
+        let out = run(&mut lab.udhcpc(i, &["-q", "-n", "-t", "5", "-T", "1"]));
+        assert!(out.status.success(), "udhcpc {i}: {out:?}");
+        lab.wait_event(i, &["bound"], skip, "udhcpc lease")
+    };
+    let hup = || {
+        // SAFETY: kill(2) on the PID of the daemon this test started.
+        assert_eq!(
+            unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) },
+            0
+        );
+    };
+    let a0 = once(0);
+    assert!(pool_addr(&a0), "{a0}");
+
+    // The host enters the inventory with a reservation.
+    std::fs::write(
+        &site,
+        format!(
+            "{dhcpd}\n[[host]]\nname = \"pc07\"\nmac = \"{reserved_mac}\"\naddress = \"10.9.0.50\"\n"
+        ),
+    )
+    .unwrap();
+    hup();
+    wait_for(
+        || server.log().contains("configuration reloaded"),
+        Duration::from_secs(10),
+        || format!("no reload:\n{}", server.log()),
+    );
+    assert_eq!(once(1), "10.9.0.50");
+    assert_eq!(once(0), a0, "client 0's lease survived the reload");
+
+    // A change that needs a restart is refused and named; so is a broken file.
+    std::fs::write(&site, dhcpd.replace("leases.db", "other.db")).unwrap();
+    hup();
+    wait_for(
+        || server.log().contains("`lease_db` changed"),
+        Duration::from_secs(10),
+        || format!("no refusal:\n{}", server.log()),
+    );
+    std::fs::write(&site, "[dhcpd\n").unwrap();
+    hup();
+    wait_for(
+        || server.log().matches("reload failed").count() >= 2,
+        Duration::from_secs(10),
+        || format!("broken file not reported:\n{}", server.log()),
+    );
+    // Still serving with the reloaded hosts.
+    assert_eq!(once(1), "10.9.0.50");
+    server.stop();
+}

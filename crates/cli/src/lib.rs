@@ -80,24 +80,63 @@ pub fn finish_check(result: Result<String, impl std::fmt::Display>) -> ! {
 /// that resolves on the first SIGINT or SIGTERM. Call it before binding, so a
 /// signal that arrives while the daemon starts is handled too. A SIGHUP (which
 /// would otherwise end the process: `systemctl reload`, a closed terminal) is
-/// logged and ignored by daemons that cannot reload their configuration.
-/// Must be called inside a tokio runtime.
+/// logged and ignored: for daemons that cannot reload their configuration
+/// (the others use [`shutdown_and_hangups`]). Must be called inside a tokio
+/// runtime.
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let (shutdown, mut hup) = shutdown_and_hangups();
+    async move {
+        let ignore = async {
+            while hup.recv().await.is_some() {
+                tracing::warn!(
+                    "SIGHUP ignored: this daemon does not reload its configuration; restart it to apply changes"
+                );
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = ignore => {}
+        }
+    }
+}
+
+/// Installs the SIGINT, SIGTERM and SIGHUP handlers now; returns the
+/// shutdown future (first SIGINT or SIGTERM) and the SIGHUPs, for
+/// [`reload_on_hangup`]. Must be called inside a tokio runtime.
+pub fn shutdown_and_hangups() -> (
+    impl std::future::Future<Output = ()>,
+    tokio::signal::unix::Signal,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
-    async move {
-        let which = loop {
-            tokio::select! {
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => tracing::warn!(
-                    "SIGHUP ignored: this daemon does not reload its configuration; restart it to apply changes"
-                ),
-            }
+    let hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    let shutdown = async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
         };
         tracing::info!(signal = which, "shutting down");
+    };
+    (shutdown, hup)
+}
+
+/// On every SIGHUP runs `reload` (rebuild the configuration from the same
+/// flags and site file, apply what can change while running) and logs what
+/// it says: what was reloaded, or why nothing was (the running configuration
+/// stays). Runs until the signal stream ends; spawn it.
+pub async fn reload_on_hangup<F, Fut>(mut hup: tokio::signal::unix::Signal, mut reload: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    while hup.recv().await.is_some() {
+        match reload().await {
+            Ok(what) => tracing::info!("SIGHUP: {what}"),
+            Err(e) => {
+                tracing::warn!("SIGHUP: reload failed; keeping the running configuration: {e}")
+            }
+        }
     }
 }
 

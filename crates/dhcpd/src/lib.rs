@@ -39,7 +39,7 @@ use std::path::PathBuf;
 
 pub use anyboot_config::Site;
 pub use config::Config;
-pub use server::Server;
+pub use server::{ReloadError, ReloadHandle, Server};
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]

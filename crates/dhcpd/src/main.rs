@@ -9,8 +9,15 @@ use anyboot_dhcpd::config::{Config, HostEntry, Subnet};
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 
-#[derive(Debug, Parser)]
-#[command(version, about)]
+#[derive(Debug, Clone, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Signals: SIGTERM/SIGINT stop (the lease write in flight finishes first); \
+                  SIGHUP re-reads the site file and applies hosts, reservations, pools, \
+                  options and boot settings without a restart, keeping every lease. \
+                  Interfaces, ports, proxy mode and the lease database need a restart."
+)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
@@ -211,9 +218,7 @@ fn main() -> anyhow::Result<()> {
         anyboot_cli::finish_check(r.map_err(|e| format!("{e:#}")));
     }
     args.common.init_logging();
-    let cfg = build(&args, |name| {
-        anyboot_dhcpd::server::interface_ipv4(name).map_err(|e| anyhow!("--interface {name}: {e}"))
-    })?;
+    let cfg = build(&args, discover_interface)?;
     if cfg.interfaces.is_empty() {
         bail!("nothing to serve: give --interface (and --pool) or a config with [dhcpd]");
     }
@@ -222,9 +227,37 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         // Handlers first: a signal during start-up is handled, not fatal.
-        let shutdown = anyboot_cli::shutdown_signal();
+        let (shutdown, hup) = anyboot_cli::shutdown_and_hangups();
         let server = anyboot_dhcpd::Server::bind(cfg).await?;
+        let handle = server.reload_handle();
+        let args = std::sync::Arc::new(args);
+        tokio::spawn(anyboot_cli::reload_on_hangup(hup, move || {
+            reload(handle.clone(), args.clone())
+        }));
         server.run(shutdown).await
     })?;
     Ok(())
+}
+
+fn discover_interface(name: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    anyboot_dhcpd::server::interface_ipv4(name).map_err(|e| anyhow!("--interface {name}: {e}"))
+}
+
+/// Builds the configuration again from the same flags and site file and
+/// hands it to the running server.
+async fn reload(
+    handle: anyboot_dhcpd::ReloadHandle,
+    args: std::sync::Arc<Args>,
+) -> Result<String, String> {
+    // Reading the site file is blocking work.
+    let cfg = tokio::task::spawn_blocking(move || build(&args, discover_interface))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e:#}"))?;
+    let hosts = cfg.hosts.len();
+    let subnets = cfg.subnets.len();
+    handle.reload(cfg).await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "configuration reloaded: {subnets} subnet(s), {hosts} host(s); leases kept"
+    ))
 }

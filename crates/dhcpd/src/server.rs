@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::proto::{Core, Iface, Ingress, IoBatch, Stats};
+use crate::proto::{Core, Iface, Ingress, IoBatch, NeedsRestart, Stats};
 use crate::store::LeaseLog;
 use crate::Error;
 
@@ -213,12 +213,46 @@ struct Rx {
     data: Vec<u8>,
 }
 
+/// A new configuration for the running core, and where its verdict goes.
+type Reload = (Config, oneshot::Sender<Result<(), NeedsRestart>>);
+
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
     core: Core,
     sockets: HashMap<(usize, u16), Arc<UdpSocket>>,
     log: Option<LeaseLog>,
+    reload_tx: mpsc::Sender<Reload>,
+    reload_rx: mpsc::Receiver<Reload>,
+}
+
+/// Why a reload did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    NeedsRestart(#[from] NeedsRestart),
+    #[error("the server is not running")]
+    Stopped,
+}
+
+/// Hands a running server a new configuration (the binary does it on
+/// SIGHUP); see [`Core::reconfigure`] for what changes and what is kept.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<Reload>,
+}
+
+impl ReloadHandle {
+    /// Applies `config` between two packets; returns once the server has.
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((config, tx))
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        rx.await.map_err(|_| ReloadError::Stopped)??;
+        Ok(())
+    }
 }
 
 impl Server {
@@ -276,7 +310,22 @@ impl Server {
             }
         }
         let core = Core::new(config, ifaces, recovered, now);
-        Ok(Server { core, sockets, log })
+        let (reload_tx, reload_rx) = mpsc::channel(1);
+        Ok(Server {
+            core,
+            sockets,
+            log,
+            reload_tx,
+            reload_rx,
+        })
+    }
+
+    /// A handle that reconfigures the running server (take it before
+    /// [`run`](Server::run)).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            tx: self.reload_tx.clone(),
+        }
     }
 
     /// The bound sockets' local addresses.
@@ -294,7 +343,11 @@ impl Server {
             mut core,
             sockets,
             log,
+            reload_tx,
+            mut reload_rx,
         } = self;
+        // Only handles keep the channel open: with none, `recv` ends.
+        drop(reload_tx);
         let (rx_tx, mut rx) = mpsc::channel::<Rx>(RX_QUEUE);
         let queue_full = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut readers = Vec::new();
@@ -387,6 +440,9 @@ impl Server {
                 Some((id, ok)) = done_rx.recv() => {
                     core.complete(id, ok);
                     in_flight = false;
+                }
+                Some((cfg, verdict)) = reload_rx.recv() => {
+                    let _ = verdict.send(core.reconfigure(cfg));
                 }
                 Some(first) = rx.recv() => {
                     let now = now_ms();

@@ -146,56 +146,39 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         // Install the signal handlers before binding, so a SIGTERM that
         // arrives while starting up is a clean shutdown, not a kill.
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        // Without a handler SIGHUP would end the process.
-        let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-        let shutdown = async move {
-            let which = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            tracing::info!(signal = which, "shutting down");
-        };
+        let (shutdown, hup) = anyboot_cli::shutdown_and_hangups();
         let server = Server::bind(config).await?;
-        tokio::spawn(reload_on_hangup(hup, server.reload_handle(), args.clone()));
+        let handle = server.reload_handle();
+        let args = std::sync::Arc::new(args.clone());
+        tokio::spawn(anyboot_cli::reload_on_hangup(hup, move || {
+            reload(handle.clone(), args.clone())
+        }));
         tracing::info!(tftp = ?server.local_addrs(), http = ?server.http_addrs(), "anyboot-tftpd ready");
         server.run(shutdown).await?;
         Ok(())
     })
 }
 
-/// On every SIGHUP: builds the configuration again from the same flags and
-/// site file and, if that works, serves its boot tree. A file that no longer
-/// loads is logged and the running tree stays.
-async fn reload_on_hangup(
-    mut hup: tokio::signal::unix::Signal,
+/// Builds the configuration again from the same flags and site file and,
+/// if that works, serves its boot tree.
+async fn reload(
     handle: anyboot_tftpd::ReloadHandle,
-    args: Args,
-) {
-    let args = std::sync::Arc::new(args);
-    while hup.recv().await.is_some() {
-        let a = args.clone();
-        // Reading the site file and generating the tree is blocking work.
-        let built = tokio::task::spawn_blocking(move || build(&a)).await;
-        match built {
-            Ok(Ok(Some(config))) => {
-                let before = handle.boot_tree_len();
-                handle.set_boot_tree(config.boot_tree);
-                tracing::info!(
-                    before,
-                    after = handle.boot_tree_len(),
-                    "SIGHUP: boot tree reloaded (virtual files)"
-                );
-            }
-            Ok(Ok(None)) => tracing::warn!(
-                "SIGHUP: the site file has no [tftpd] section any more; keeping the current boot tree"
-            ),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the current boot tree")
-            }
-            Err(e) => tracing::warn!(error = %e, "SIGHUP: reload task failed"),
+    args: std::sync::Arc<Args>,
+) -> Result<String, String> {
+    // Reading the site file and generating the tree is blocking work.
+    let built = tokio::task::spawn_blocking(move || build(&args))
+        .await
+        .map_err(|e| e.to_string())?;
+    match built {
+        Ok(Some(config)) => {
+            let before = handle.boot_tree_len();
+            handle.set_boot_tree(config.boot_tree);
+            Ok(format!(
+                "boot tree reloaded: {before} -> {} virtual files",
+                handle.boot_tree_len()
+            ))
         }
+        Ok(None) => Err("the site file has no [tftpd] section any more".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }

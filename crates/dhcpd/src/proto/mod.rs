@@ -121,6 +121,12 @@ enum Verdict {
     Silent,
 }
 
+/// A configuration change that only a restart can apply (it decides the
+/// sockets or the lease log).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` changed; that takes a restart (sockets and the lease log are set up at start)")]
+pub struct NeedsRestart(pub &'static str);
+
 /// The server state machine.
 #[derive(Debug)]
 pub struct Core {
@@ -176,6 +182,33 @@ impl Core {
             in_flight: None,
             next_sweep_ms: now_ms + SWEEP_INTERVAL_MS,
         }
+    }
+
+    /// Serves `cfg` from now on (a reload): hosts, reservations, pools,
+    /// options, boot settings and timers. Leases, replies waiting for their
+    /// lease to be written and the write in flight are kept; a lease the new
+    /// configuration would not give (a pool that shrank, an address now
+    /// reserved for another host) is treated as after a restart with that
+    /// configuration. What decides the sockets and the lease log cannot change
+    /// here.
+    pub fn reconfigure(&mut self, cfg: Config) -> Result<(), NeedsRestart> {
+        let old = &self.cfg;
+        let fixed = [
+            ("interfaces", old.interfaces != cfg.interfaces),
+            ("lease_db", old.lease_db != cfg.lease_db),
+            ("proxy", old.proxy != cfg.proxy),
+            ("server_port", old.server_port != cfg.server_port),
+            ("client_port", old.client_port != cfg.client_port),
+            ("pxe_port", old.pxe_port != cfg.pxe_port),
+        ];
+        if let Some((name, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Err(NeedsRestart(name));
+        }
+        if cfg.rate_per_mac != old.rate_per_mac {
+            self.limiter = RateLimiter::new(cfg.rate_per_mac);
+        }
+        self.cfg = cfg;
+        Ok(())
     }
 
     pub fn stats(&self) -> &Stats {

@@ -1008,3 +1008,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reconfigure_applies_new_hosts_and_keeps_leases() {
+    let mut c = core();
+    let pooled = dora(&mut c, T0, mac(3));
+    assert!((100..=103).contains(&pooled.octets()[3]), "{pooled}");
+    // A new host reserved at .20 (outside the pool), and mac(3)'s own lease
+    // untouched by the reload.
+    let mut cfg = config();
+    cfg.hosts.push(HostEntry {
+        name: "pc02".into(),
+        mac: MacAddr(mac(7)),
+        address: Some(ip(20)),
+        profile: None,
+        boot: DhcpBoot::default(),
+        root_path: None,
+        has_script: true,
+    });
+    c.reconfigure(cfg).unwrap();
+    assert_eq!(dora(&mut c, T0 + 1000, mac(7)), ip(20));
+    assert!(c.leases().iter().any(|l| l.addr == pooled));
+    assert_eq!(
+        dora(&mut c, T0 + 2000, mac(3)),
+        pooled,
+        "its lease survived the reload"
+    );
+    // Socket and lease-log settings need a restart; nothing changes then.
+    let mut moved = config();
+    moved.interfaces = vec!["eth1".into()];
+    assert_eq!(c.reconfigure(moved), Err(NeedsRestart("interfaces")));
+    assert_eq!(c.config().hosts.len(), 2);
+    let mut proxy = config();
+    proxy.proxy = true;
+    assert_eq!(c.reconfigure(proxy), Err(NeedsRestart("proxy")));
+}
