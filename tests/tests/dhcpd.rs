@@ -82,6 +82,12 @@ impl Lab {
         d
     }
 
+    /// Gives client `i`'s interface the hardware address `mac`.
+    fn set_mac(&self, i: usize, mac: &str) {
+        let (ns, ifname) = &self.clients[i];
+        ns.exec_ok(&["ip", "link", "set", ifname, "address", mac]);
+    }
+
     /// The client events file of client `i` (`BOUND 10.9.0.100`, ...).
     fn events(&self, i: usize) -> String {
         let p = self
@@ -207,14 +213,7 @@ fn udhcpc_renews_and_releases_on_signal_and_reservation_by_mac() {
     let lab = Lab::new("dh2", 2);
     // Client 1's MAC is reserved for 10.9.0.50.
     let reserved_mac = "52:54:00:12:34:56";
-    lab.clients[1].0.exec_ok(&[
-        "ip",
-        "link",
-        "set",
-        &lab.clients[1].1,
-        "address",
-        reserved_mac,
-    ]);
+    lab.set_mac(1, reserved_mac);
     let server = lab.start_server(
         "dhcpd",
         &[
@@ -663,14 +662,7 @@ fn pxe_ipxe_and_proxy_answers_over_real_sockets() {
 fn sighup_reloads_hosts_and_keeps_leases() {
     let lab = Lab::new("dh7", 2);
     let reserved_mac = "52:54:00:12:34:57";
-    lab.clients[1].0.exec_ok(&[
-        "ip",
-        "link",
-        "set",
-        &lab.clients[1].1,
-        "address",
-        reserved_mac,
-    ]);
+    lab.set_mac(1, reserved_mac);
     let site = lab.path("site.toml");
     let dhcpd = format!(
         "[dhcpd]\ninterfaces = [\"br0\"]\nlease_db = \"{db}\"\n\
