@@ -938,8 +938,8 @@ fn check_config_names_the_bad_key() {
 
 /// SIGHUP (`systemctl reload`, a closed terminal) must not end a daemon that
 /// cannot reload: it is logged, the export keeps serving, and SIGTERM still
-/// stops it cleanly. The dhcpd, iSCSI and AoE binaries share this handler
-/// (`anyboot_cli::shutdown_signal`).
+/// stops it cleanly. The iSCSI and AoE binaries share this handler
+/// (`anyboot_cli::shutdown_signal`); dhcpd and tftpd reload instead.
 #[test]
 fn sighup_is_logged_and_ignored() {
     let dir = tempfile::tempdir().unwrap();
