@@ -9,7 +9,7 @@ use anyboot_dhcpd::config::{Config, HostEntry, Subnet};
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Parser)]
 #[command(
     version,
     about,

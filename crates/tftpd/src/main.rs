@@ -13,7 +13,7 @@ use anyboot_tftpd::{Config, Server};
 use anyhow::Context;
 use clap::Parser;
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Parser)]
 #[command(
     version,
     about,
@@ -143,13 +143,13 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let args = std::sync::Arc::new(args);
     rt.block_on(async {
         // Install the signal handlers before binding, so a SIGTERM that
         // arrives while starting up is a clean shutdown, not a kill.
         let (shutdown, hup) = anyboot_cli::shutdown_and_hangups();
         let server = Server::bind(config).await?;
         let handle = server.reload_handle();
-        let args = std::sync::Arc::new(args.clone());
         tokio::spawn(anyboot_cli::reload_on_hangup(hup, move || {
             reload(handle.clone(), args.clone())
         }));

@@ -66,8 +66,9 @@ pub(crate) struct Shared {
     /// Set when the shutdown grace period is over: blocking transfer threads
     /// stop at their next tick.
     abort: Arc<AtomicBool>,
-    /// The files generated from the inventory (first `config.boot_tree`),
-    /// replaced whole by a [`ReloadHandle`].
+    /// The files generated from the inventory (taken from
+    /// `config.boot_tree`, which is left empty), replaced whole by a
+    /// [`ReloadHandle`].
     boot_tree: RwLock<Arc<BootTree>>,
 }
 
@@ -176,7 +177,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 
 impl Server {
     /// Binds every listener of `config` (port 0 picks a free port).
-    pub async fn bind(config: Config) -> Result<Self, Error> {
+    pub async fn bind(mut config: Config) -> Result<Self, Error> {
         if config.listen.is_empty() {
             return Err(Error::NoListener);
         }
@@ -207,7 +208,12 @@ impl Server {
             dropped: AtomicU64::new(0),
             netascii_budget: Arc::new(Semaphore::new(NETASCII_BUDGET)),
             abort: Arc::new(AtomicBool::new(false)),
-            boot_tree: RwLock::new(config.boot_tree.clone()),
+            // Moved out of the config, so the tree a reload replaced cannot
+            // be served from a stale copy.
+            boot_tree: RwLock::new(std::mem::replace(
+                &mut config.boot_tree,
+                Arc::new(BootTree::empty()),
+            )),
             config,
         });
         Ok(Self { shared, udp, http })
