@@ -44,6 +44,20 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU seconds (user + system) used so far by this process's children that
+/// have been waited for (and their waited-for descendants). The difference
+/// around a client run that was waited for is that client's own cost.
+pub fn reaped_children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the rusage we own; zeroed is valid.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
 /// Restricts every thread of process `pid` to `cpus` (threads and children it
 /// creates later inherit it): a benchmark places a server and its client on
 /// one CPU to measure work per request without cross-CPU wake-ups.
