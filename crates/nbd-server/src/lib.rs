@@ -27,6 +27,7 @@
 //! ```
 
 pub mod config;
+mod copy_gate;
 pub mod exec;
 pub mod proto;
 pub mod server;

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use crate::copy_gate::{voluntary_switches, CopyGate, LARGE_READ};
 use crate::exec;
 use crate::proto::transmission::{Action, Op, OpKind, Transmission};
 
@@ -293,15 +294,17 @@ pub async fn serve(
     // delays the others in it: a connection starts as "slow" (one request
     // per thread) until its first requests show the media to be fast.
     let clock = Arc::new(MediaClock::slow());
+    let copies = Arc::new(CopyGate::per_cpu());
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let span = tracing::Span::current();
     for i in 0..threads {
-        let (core, reader, writer, budget, clock, dev, alive, span) = (
+        let (core, reader, writer, budget, clock, copies, dev, alive, span) = (
             core.clone(),
             reader.clone(),
             writer.clone(),
             budget.clone(),
             clock.clone(),
+            copies.clone(),
             dev.clone(),
             alive_tx.clone(),
             span.clone(),
@@ -312,7 +315,15 @@ pub async fn serve(
             .spawn(move || {
                 let _alive = alive;
                 let _g = span.enter();
-                worker(&core, &reader, &writer, &budget, &clock, &*dev);
+                let shared = Shared {
+                    core: &core,
+                    reader: &reader,
+                    writer: &writer,
+                    budget: &budget,
+                    clock: &clock,
+                    copies: &copies,
+                };
+                worker(&shared, &*dev);
             });
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start an I/O thread");
@@ -447,14 +458,25 @@ fn take_request(
     }
 }
 
-fn worker(
-    core: &Transmission,
-    reader: &Mutex<Reader>,
-    writer: &Mutex<StdConn>,
-    budget: &Budget,
-    clock: &MediaClock,
-    dev: &dyn BlockDevice,
-) {
+/// What a connection's I/O threads share.
+struct Shared<'a> {
+    core: &'a Transmission,
+    reader: &'a Mutex<Reader>,
+    writer: &'a Mutex<StdConn>,
+    budget: &'a Budget,
+    clock: &'a MediaClock,
+    copies: &'a CopyGate,
+}
+
+fn worker(sh: &Shared<'_>, dev: &dyn BlockDevice) {
+    let Shared {
+        core,
+        reader,
+        writer,
+        budget,
+        clock,
+        copies,
+    } = *sh;
     let mut hdr = vec![0u8; core.header_len()];
     let mut batch: Vec<Work> = Vec::with_capacity(MAX_BATCH);
     let mut frames: Vec<Bytes> = Vec::new();
@@ -463,7 +485,24 @@ fn worker(
     // being woken for every batch. When the media turns slow the lock is let
     // go before executing, so others read and execute meanwhile.
     let mut kept = None;
+    // While large reads are copies from memory, only as many threads as
+    // CPUs serve the connection, each keeping its place from one request to
+    // the next; the others sleep at the gate (see `copy_gate`).
+    let mut place = None;
     loop {
+        if copies.memory_bound() {
+            if place.is_none() {
+                place = copies.try_enter();
+            }
+            if place.is_none() {
+                // Never wait at the gate holding the reader: the threads
+                // with a place need it to go on.
+                kept = None;
+                place = copies.enter();
+            }
+        } else {
+            place = None;
+        }
         let mut held = 0;
         let mut rd = match kept.take() {
             Some(rd) => rd,
@@ -507,10 +546,15 @@ fn worker(
             match work {
                 Work::Op(op) => {
                     let timed = timed(&op);
+                    let large = matches!(op.kind, OpKind::Read { len, .. } if len >= LARGE_READ);
+                    let switches = large.then(voluntary_switches);
                     let started = Instant::now();
                     frames.extend(exec::execute(dev, op, core.encoder()));
                     if timed {
                         clock.record(started.elapsed());
+                    }
+                    if let Some(before) = switches {
+                        copies.record(voluntary_switches() > before);
                     }
                 }
                 Work::Reply(b) => frames.push(b),
