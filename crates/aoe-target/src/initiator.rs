@@ -100,6 +100,8 @@ pub struct Initiator {
     pub max_tries: u32,
     /// 802.1Q tag put inline on every frame (and required on answers).
     vlan: Option<u16>,
+    /// Frames sent again after their timeout, since opening.
+    pub retransmits: u64,
     tx: Vec<u8>,
     rx: Vec<u8>,
 }
@@ -134,6 +136,7 @@ impl Initiator {
             seq: 1,
             timeout: Duration::from_millis(250),
             max_tries: 20,
+            retransmits: 0,
             tx: vec![0; n],
             rx: vec![0; n],
         })
@@ -467,6 +470,12 @@ impl Initiator {
         self.run(dev, &ops, &mut tmp)
     }
 
+    /// Frames the kernel dropped on this initiator's socket since the last
+    /// call (its receive buffer was full).
+    pub fn take_socket_drops(&self) -> io::Result<u32> {
+        self.sock.take_drops()
+    }
+
     /// Runs `ops` with up to `dev.window` frames in flight; reads land in and
     /// writes come from `data` at each op's `buf_off`.
     pub fn run(&mut self, dev: &Device, ops: &[Op], data: &mut [u8]) -> Result<(), InitiatorError> {
@@ -559,6 +568,7 @@ impl Initiator {
                 self.sock.send(&frames[i][..n])?;
                 s.sent = now;
                 s.tries += 1;
+                self.retransmits += 1;
             }
         }
         Ok(())

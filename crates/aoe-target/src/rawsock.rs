@@ -190,6 +190,30 @@ impl RawSocket {
         Ok(sock)
     }
 
+    /// Frames the kernel dropped for this socket (its receive buffer was
+    /// full) since the last call; reading resets the count.
+    pub fn take_drops(&self) -> io::Result<u32> {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: passes a live tpacket_stats and its size for the kernel to fill.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.tp_drops)
+    }
+
     fn setsockopt(&self, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
         // SAFETY: passes a pointer to a live c_int with its size.
         let rc = unsafe {
