@@ -6,9 +6,10 @@
 //! only switches and more buffers in flight, and on a virtual machine those
 //! cost cache and TLB misses on every copy. Measured with 1 MiB reads at
 //! queue depth 8 from a 1 GiB tmpfs file (fio, nbd engine, 2 CPUs),
-//! alternating: 16 threads 2.0-2.3k IOPS, 2 threads 2.3-2.7k, nbd-server
-//! 1.8-2.4k. Capping only the reads executing at once, with 16 threads
-//! still taking requests, gained nothing (2.0-2.2k).
+//! alternating: 16 threads 2.0-2.3k IOPS, 2 threads 2.3-2.7k, 16 threads
+//! behind this gate 2.6-2.8k, nbd-server 1.8-2.5k. Capping only the reads
+//! executing at once, with 16 threads still taking requests, gained
+//! nothing (2.0-2.2k).
 //!
 //! Whether the media is memory is told by whether recent large reads slept:
 //! a read that waits for a device blocks its thread (a voluntary context
@@ -26,9 +27,10 @@ const SLEPT_MEMORY: u32 = 125;
 
 #[derive(Debug)]
 pub struct CopyGate {
+    /// Places held.
     running: Mutex<usize>,
     freed: Condvar,
-    /// Most memory-bound large reads at once: the CPUs.
+    /// Threads that serve while the media is memory: one per CPU.
     limit: usize,
     /// Moving average of "this large read slept" (1000) or not (0).
     slept: AtomicU32,
