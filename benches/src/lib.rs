@@ -48,10 +48,20 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 /// have been waited for (and their waited-for descendants). The difference
 /// around a client run that was waited for is that client's own cost.
 pub fn reaped_children_cpu_seconds() -> f64 {
+    rusage_cpu_seconds(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU seconds (user + system) of this whole process, all its threads: a
+/// bench whose clients are its own threads measures them with it.
+pub fn own_cpu_seconds() -> f64 {
+    rusage_cpu_seconds(libc::RUSAGE_SELF)
+}
+
+fn rusage_cpu_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage writes into the rusage we own; zeroed is valid.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        libc::getrusage(who, &mut ru);
         ru
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;

@@ -106,6 +106,8 @@ struct Pass {
     rate: f64,
     /// Work done: MB for the sequential passes, operations for random reads.
     work: f64,
+    /// MB the pass moved.
+    mb: f64,
     initiator_cpu: f64,
     target_cpu: f64,
 }
@@ -115,6 +117,7 @@ impl Pass {
     /// target (`target_cpu()`) use meanwhile.
     fn timed(
         work: f64,
+        mb: f64,
         target_cpu: &dyn Fn() -> Result<f64>,
         f: impl FnOnce() -> Result<(), InitiatorError>,
     ) -> Result<Pass> {
@@ -125,18 +128,10 @@ impl Pass {
         Ok(Pass {
             rate: work / secs,
             work,
+            mb,
             initiator_cpu: thread_cpu_seconds() - i0,
             target_cpu: target_cpu()? - t0,
         })
-    }
-
-    /// MB this pass moved (random reads are 4 KiB each).
-    fn megabytes(&self, k: usize) -> f64 {
-        if k == 2 {
-            self.work * 4096.0 / 1e6
-        } else {
-            self.work
-        }
     }
 }
 
@@ -152,14 +147,14 @@ fn measure(
     // Warm-up pass (page cache, ARP-free paths, target threads).
     ini.run(dev, &ops, &mut buf)?;
     let mb = DISK_BYTES as f64 / 1e6;
-    let read = Pass::timed(mb, target_cpu, || ini.run(dev, &ops, &mut buf))?;
+    let read = Pass::timed(mb, mb, target_cpu, || ini.run(dev, &ops, &mut buf))?;
 
     for (i, b) in buf.iter_mut().enumerate() {
         *b = (i % 251) as u8;
     }
     let mut wops = Vec::new();
     Initiator::split(dev, 0, DISK_BYTES, true, 0, &mut wops);
-    let write = Pass::timed(mb, target_cpu, || ini.run(dev, &wops, &mut buf))?;
+    let write = Pass::timed(mb, mb, target_cpu, || ini.run(dev, &wops, &mut buf))?;
 
     // Random 4 KiB reads: a fixed pseudo-random sequence (xorshift), each
     // split into as many frames as the MTU needs.
@@ -173,7 +168,8 @@ fn measure(
         x ^= x << 17;
         Initiator::split(dev, (x % blocks) * 8, 4096, false, i * 4096, &mut rops);
     }
-    let random = Pass::timed(RANDOM_OPS as f64, target_cpu, || {
+    let random_mb = (RANDOM_OPS * 4096) as f64 / 1e6;
+    let random = Pass::timed(RANDOM_OPS as f64, random_mb, target_cpu, || {
         ini.run(dev, &rops, &mut small)
     })?;
     Ok([read, write, random])
@@ -247,7 +243,7 @@ fn mb_per_target_cpu(runs: &[Figures]) -> f64 {
     median(
         runs.iter()
             .map(|r| {
-                let mb: f64 = (0..3).map(|k| r[k].megabytes(k)).sum();
+                let mb: f64 = r.iter().map(|p| p.mb).sum();
                 mb / r.iter().map(|p| p.target_cpu).sum::<f64>().max(0.01)
             })
             .collect(),

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyboot_benches::{all_cpus, median, pin_process, pin_thread, table, Row};
+use anyboot_benches::{all_cpus, median, own_cpu_seconds, pin_process, pin_thread, table, Row};
 use anyboot_tests::{require, Daemon, Netns};
 use anyhow::{bail, Context, Result};
 
@@ -359,19 +359,6 @@ fn lock_step_budget(values: &[(String, f64)], costs: &[(f64, f64)], blocks: f64)
         shown(costs.get(1)),
         shown(costs.get(2)),
     )
-}
-
-/// CPU seconds (user + system) of this whole process, all threads: in the
-/// storm rows that is the 50 client threads.
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the rusage we own; zeroed is valid.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// CPU time of a process and its reaped children (tftpd-hpa forks one per
