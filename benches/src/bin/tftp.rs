@@ -177,6 +177,13 @@ fn inner() -> Result<()> {
         wait_udp_ready(*addr).with_context(|| format!("{name} did not start"))?;
     }
 
+    // TFTP_BENCH_ROWS=single or =storm runs only those rows (default: all).
+    let only = std::env::var("TFTP_BENCH_ROWS").unwrap_or_default();
+    let (single_rows, storm_rows) = match only.as_str() {
+        "single" => (true, false),
+        "storm" => (false, true),
+        _ => (true, true),
+    };
     let mut rows = Vec::new();
     // Client recoveries (timeouts, gap ACKs) per server, to show loss honestly.
     let mut recovered = vec![0u32; servers.len()];
@@ -187,12 +194,13 @@ fn inner() -> Result<()> {
     // per server, in an order that rotates every round. The `one CPU` row pins
     // client and server to CPU 0: it measures each server's own cost per
     // block, without cross-CPU wake-ups.
-    for (bs, ws, one_cpu) in [
+    let single = [
         (512u16, 1u16, false),
         (1468, 1, false),
         (1468, 16, false),
         (1468, 1, true),
-    ] {
+    ];
+    for (bs, ws, one_cpu) in single.into_iter().filter(|_| single_rows) {
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
         let mut labels: Vec<String> = servers.iter().map(|s| s.0.clone()).collect();
         for round in 0..ROUNDS {
@@ -244,7 +252,7 @@ fn inner() -> Result<()> {
     // decides what is left for the clients.
     let mut storm_cpu: Vec<String> = Vec::new();
     let blocks = (CLIENTS * STORM.div_ceil(1468)) as f64;
-    for ws in [1u16, 16] {
+    for ws in [1u16, 16].into_iter().filter(|_| storm_rows) {
         let mut values = Vec::new();
         // Per server: (CPU-us per block of the server, of the 50 clients).
         let mut costs = Vec::new();

@@ -62,6 +62,12 @@ pub struct TftpdSection {
     /// Milliseconds in-flight transfers get to finish on shutdown.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Microseconds a transfer polls for the client's next packet before it
+    /// sleeps, while at most half the CPUs have a transfer to serve (an idle
+    /// CPU is slow to wake; like Linux's `SO_BUSY_POLL`). 0: never; at most
+    /// 1000.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u32,
     /// Write requests: refused unless this table is present.
     #[serde(default)]
     pub upload: Option<TftpdUpload>,
@@ -158,6 +164,9 @@ fn default_http_max_connections() -> usize {
 fn default_shutdown_grace_ms() -> u64 {
     2000
 }
+fn default_busy_poll_us() -> u32 {
+    50
+}
 fn default_max_upload() -> u64 {
     64 << 20
 }
@@ -185,6 +194,7 @@ impl TftpdSection {
             san_server: None,
             http_max_connections: default_http_max_connections(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            busy_poll_us: default_busy_poll_us(),
             upload: None,
             remap: Vec::new(),
             classes: Vec::new(),

@@ -135,6 +135,9 @@ pub struct Config {
     pub boot_tree: Arc<BootTree>,
     pub http_max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Longest a transfer thread polls its socket for the next packet before
+    /// sleeping, while at most half the CPUs have a transfer (zero: never).
+    pub busy_poll: Duration,
 }
 
 impl Config {
@@ -160,6 +163,7 @@ impl Config {
             boot_tree: Arc::new(BootTree::empty()),
             http_max_connections: s.http_max_connections,
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            busy_poll: Duration::from_micros(s.busy_poll_us.into()),
         }
     }
 
@@ -194,6 +198,12 @@ impl Config {
         }
         if s.max_sessions == 0 {
             return Err(err("max_sessions", "must be at least 1".into()));
+        }
+        if s.busy_poll_us > 1000 {
+            return Err(err(
+                "busy_poll_us",
+                "must be 0..=1000 (spinning longer only burns the CPU)".into(),
+            ));
         }
         if s.timeout_ms == 0 {
             return Err(err("timeout_ms", "must be at least 1".into()));
@@ -286,6 +296,7 @@ impl Config {
             boot_tree: Arc::new(boot_tree),
             http_max_connections: s.http_max_connections.max(1),
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            busy_poll: Duration::from_micros(s.busy_poll_us.into()),
         })
     }
 
@@ -399,5 +410,15 @@ mod tests {
         assert_eq!(e.key, "tftpd.class[0].clients[0]");
         let e = site("[tftpd]\nroot = \"t\"\nmax_blksize = 4\n").unwrap_err();
         assert_eq!(e.key, "tftpd.max_blksize");
+    }
+
+    #[test]
+    fn busy_poll_defaults_to_50_us_and_is_bounded() {
+        let c = site("[tftpd]\nroot = \"t\"\n").unwrap();
+        assert_eq!(c.busy_poll, Duration::from_micros(50));
+        let c = site("[tftpd]\nroot = \"t\"\nbusy_poll_us = 0\n").unwrap();
+        assert!(c.busy_poll.is_zero());
+        let e = site("[tftpd]\nroot = \"t\"\nbusy_poll_us = 5000\n").unwrap_err();
+        assert_eq!(e.key, "tftpd.busy_poll_us");
     }
 }

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod busy_poll;
 pub mod cache;
 pub mod config;
 mod http;

@@ -55,6 +55,10 @@ struct Args {
     /// Retransmissions before a transfer is abandoned.
     #[arg(long, value_name = "N")]
     retries: Option<u32>,
+    /// Microseconds a transfer polls for the client's next packet before it
+    /// sleeps, while at most half the CPUs have a transfer (0: never).
+    #[arg(long, value_name = "US")]
+    busy_poll_us: Option<u32>,
     /// Accept write requests into this directory.
     #[arg(long, value_name = "DIR")]
     upload_dir: Option<PathBuf>,
@@ -96,6 +100,9 @@ fn section(args: &Args, site: &Site) -> Result<Option<TftpdSection>, ConfigError
     }
     if let Some(v) = args.retries {
         s.retries = v;
+    }
+    if let Some(v) = args.busy_poll_us {
+        s.busy_poll_us = v;
     }
     if let Some(d) = &args.upload_dir {
         s.upload = Some(TftpdUpload {

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::busy_poll::{self, BusyPoll};
 use crate::cache::FileCache;
 use crate::config::Config;
 use crate::paths::{self, Refusal, Resolved};
@@ -70,6 +71,26 @@ pub(crate) struct Shared {
     /// `config.boot_tree`, which is left empty), replaced whole by a
     /// [`ReloadHandle`].
     boot_tree: RwLock<Arc<BootTree>>,
+    /// CPUs this process may run on (the busy-poll gate).
+    cpus: usize,
+}
+
+/// What a blocking transfer thread consults besides its socket.
+#[derive(Debug, Clone)]
+struct ThreadEnv {
+    abort: Arc<AtomicBool>,
+    sessions: Arc<Semaphore>,
+    max_sessions: usize,
+    cpus: usize,
+    busy_poll: std::time::Duration,
+}
+
+impl ThreadEnv {
+    /// Transfers running now (sessions taken).
+    fn running(&self) -> usize {
+        self.max_sessions
+            .saturating_sub(self.sessions.available_permits())
+    }
 }
 
 /// A file served to a transfer or an HTTP response.
@@ -112,6 +133,16 @@ impl Source for Body {
 }
 
 impl Shared {
+    fn thread_env(&self) -> ThreadEnv {
+        ThreadEnv {
+            abort: self.abort.clone(),
+            sessions: self.sessions.clone(),
+            max_sessions: self.config.max_sessions,
+            cpus: self.cpus,
+            busy_poll: self.config.busy_poll,
+        }
+    }
+
     /// The boot tree in force now.
     fn boot_tree(&self) -> Arc<BootTree> {
         // A panic while swapping an `Arc` cannot leave it half written.
@@ -208,6 +239,7 @@ impl Server {
             dropped: AtomicU64::new(0),
             netascii_budget: Arc::new(Semaphore::new(NETASCII_BUDGET)),
             abort: Arc::new(AtomicBool::new(false)),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             // Moved out of the config, so the tree a reload replaced cannot
             // be served from a stale copy.
             boot_tree: RwLock::new(std::mem::replace(
@@ -545,7 +577,7 @@ async fn serve_read(shared: &Shared, link: Link, peer: SocketAddr, req: &Request
     );
     let started = Instant::now();
     let t = ReadTransfer::new(started, peer, body, nego);
-    drive(link, Core::Read(t), started, None, shared.abort.clone()).await;
+    drive(link, Core::Read(t), started, None, shared.thread_env()).await;
 }
 
 async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Request<'_>) {
@@ -647,7 +679,7 @@ async fn serve_write(shared: &Shared, link: Link, peer: SocketAddr, req: &Reques
         Core::Write(t),
         started,
         Some(sink),
-        shared.abort.clone(),
+        shared.thread_env(),
     )
     .await;
 }
@@ -778,15 +810,10 @@ const BLOCKING_TICK: std::time::Duration = std::time::Duration::from_millis(100)
 
 /// Runs a transfer: on its own socket, in a blocking thread (one `sendto` and
 /// one blocking `recvfrom` per packet, and the kernel wakes exactly this
-/// transfer: lock-step clients are latency-bound); in single-port mode, as an
-/// async task fed by the listener.
-async fn drive(
-    link: Link,
-    core: Core,
-    started: Instant,
-    sink: Option<Upload>,
-    abort: Arc<AtomicBool>,
-) {
+/// transfer: lock-step clients are latency-bound; while few transfers run, a
+/// [`BusyPoll`] first polls for the packet instead of sleeping); in
+/// single-port mode, as an async task fed by the listener.
+async fn drive(link: Link, core: Core, started: Instant, sink: Option<Upload>, env: ThreadEnv) {
     match link {
         Link::Own(sock) => {
             let span = tracing::Span::current();
@@ -799,7 +826,7 @@ async fn drive(
             };
             let r = tokio::task::spawn_blocking(move || {
                 let _g = span.enter();
-                drive_blocking(sock, core, started, sink, &abort)
+                drive_blocking(sock, core, started, sink, &env)
             })
             .await;
             if let Err(e) = r {
@@ -815,8 +842,9 @@ fn drive_blocking(
     mut core: Core,
     started: Instant,
     mut sink: Option<Upload>,
-    abort: &AtomicBool,
+    env: &ThreadEnv,
 ) {
+    let mut busy = BusyPoll::new(env.busy_poll);
     let mut out = vec![0u8; MAX_PACKET_LEN];
     let mut inb = vec![0u8; MAX_PACKET_LEN + 1];
     let mut ok = false;
@@ -835,11 +863,19 @@ fn drive_blocking(
         if core.is_finished() {
             break;
         }
-        if abort.load(Ordering::Relaxed) {
+        if env.abort.load(Ordering::Relaxed) {
             info!("aborted by shutdown");
             break;
         }
-        match sock.recv_from(&mut inb) {
+        let spun = match busy.spin_for(env.running(), env.cpus) {
+            Some(budget) => {
+                let r = busy_poll::spin_recv(&sock, &mut inb, budget).transpose();
+                busy.record(r.is_some());
+                r
+            }
+            None => None,
+        };
+        match spun.unwrap_or_else(|| sock.recv_from(&mut inb)) {
             Ok((n, from)) => core.handle(Instant::now(), from, &inb[..n]),
             Err(e)
                 if matches!(
