@@ -259,14 +259,7 @@ fn inner() -> Result<()> {
         for (i, (name, addr, d)) in servers.iter().enumerate() {
             let cpu0 = cpu_seconds(d.pid());
             let clients0 = own_cpu_seconds();
-            let t = Instant::now();
-            let results: Vec<Result<(u16, u32)>> = std::thread::scope(|s| {
-                let hs: Vec<_> = (0..CLIENTS)
-                    .map(|_| s.spawn(|| fetch(*addr, "storm.bin", 1468, ws, &storm)))
-                    .collect();
-                hs.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            let secs = t.elapsed().as_secs_f64();
+            let (results, secs) = storm_run(*addr, ws, &storm);
             let server_cpu = cpu_seconds(d.pid()) - cpu0;
             let clients_cpu = own_cpu_seconds() - clients0;
             storm_cpu.push(format!(
@@ -294,17 +287,9 @@ fn inner() -> Result<()> {
         };
         if ws == 1 {
             // The floor: what a server doing nothing but one `recvfrom` and
-            // one `sendto` per block reaches with the same clients (run last,
-            // so it sees the same machine state as the servers before it).
+            // one `sendto` per block reaches with the same clients.
             let floor = Floor::start(storm.clone())?;
-            let t = Instant::now();
-            let results: Vec<Result<(u16, u32)>> = std::thread::scope(|s| {
-                let hs: Vec<_> = (0..CLIENTS)
-                    .map(|_| s.spawn(|| fetch(floor.addr, "storm.bin", 1468, 1, &storm)))
-                    .collect();
-                hs.into_iter().map(|h| h.join().unwrap()).collect()
-            });
-            let secs = t.elapsed().as_secs_f64();
+            let (results, secs) = storm_run(floor.addr, 1, &storm);
             for r in results {
                 r.context("floor server: 50 clients")?;
             }
@@ -348,6 +333,20 @@ fn inner() -> Result<()> {
     // Dropping a Daemon stops it (SIGTERM by PID).
     drop(servers);
     Ok(())
+}
+
+/// The storm: CLIENTS threads each fetching `storm.bin` (blksize 1468,
+/// windowsize `ws`) from `addr` at once; their results and the seconds
+/// until the last one finished.
+fn storm_run(addr: SocketAddr, ws: u16, expect: &[u8]) -> (Vec<Result<(u16, u32)>>, f64) {
+    let t = Instant::now();
+    let results = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..CLIENTS)
+            .map(|_| s.spawn(|| fetch(addr, "storm.bin", 1468, ws, expect)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (results, t.elapsed().as_secs_f64())
 }
 
 /// What the "2x tftpd-hpa with 50 clients" asks of the CPU in the
